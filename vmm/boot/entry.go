@@ -19,13 +19,13 @@ type Segment struct {
 // Entry is the vCPU state to start at; the vmm package applies it to KVM regs/sregs.
 // Registers not named here start at zero.
 type Entry struct {
-	RIP, RSP, RSI, RFLAGS          uint64
-	CR0, CR3, CR4, EFER            uint64
+	RIP, RSP, RSI, RFLAGS           uint64
+	CR0, CR3, CR4, EFER             uint64
 	CS, DS, ES, FS, GS, SS, TR, LDT Segment
-	GDTBase                        uint64
-	GDTLimit                       uint16
-	IDTBase                        uint64
-	IDTLimit                       uint16
+	GDTBase                         uint64
+	GDTLimit                        uint16
+	IDTBase                         uint64
+	IDTLimit                        uint16
 }
 
 // Control-register and EFER bits used by the loaders.
