@@ -1,0 +1,48 @@
+package kvm
+
+import (
+	"runtime"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// ioctl issues a request on fd with a scalar argument.
+func ioctl(fd int, req, arg uintptr) (uintptr, error) {
+	r, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), req, arg)
+	if errno != 0 {
+		return r, errno
+	}
+	return r, nil
+}
+
+// ioctlPtr issues a request whose argument is a pointer to *p. T must have the exact
+// layout of the kernel structure the request names.
+func ioctlPtr[T any](fd int, req uintptr, p *T) (uintptr, error) {
+	r, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), req, uintptr(unsafe.Pointer(p)))
+	runtime.KeepAlive(p)
+	if errno != 0 {
+		return r, errno
+	}
+	return r, nil
+}
+
+// ioctlBytes issues a request whose argument points at an encoded structure in b.
+func ioctlBytes(fd int, req uintptr, b []byte) (uintptr, error) {
+	r, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), req, uintptr(unsafe.Pointer(unsafe.SliceData(b))))
+	runtime.KeepAlive(b)
+	if errno != 0 {
+		return r, errno
+	}
+	return r, nil
+}
+
+// ioctl issues a request on the VM fd with a scalar argument (helper for irq.go).
+func (v *VM) ioctl(req, arg uintptr) (uintptr, error) {
+	return ioctl(v.fd, req, arg)
+}
+
+// hostAddr is the userspace address of the first byte of b (for memory slots).
+func hostAddr(b []byte) uint64 {
+	return uint64(uintptr(unsafe.Pointer(unsafe.SliceData(b))))
+}
