@@ -1,0 +1,46 @@
+# ptvmm top-level targets. `make test` is what CI runs (after `make kernel`).
+GO ?= go
+# Hard limit for one end-to-end run (qemu is killed after it).
+E2E_TIMEOUT ?= 10m
+E2E_FLAGS ?=
+
+.PHONY: all build kernel test unit e2e demo bench vet fmt check clean
+
+all: build
+
+build:
+	$(GO) build ./...
+
+# Debian's cloud kernel and the modules the tests load, into .cache/kernel.
+kernel:
+	scripts/kernel.sh
+
+# Unit tests; the KVM tests among them run when /dev/kvm is usable.
+unit:
+	$(GO) test ./...
+
+# Linux-guest end-to-end tests: directly on a VT-x/AMD-V host, else in the
+# QEMU TCG test host.
+e2e: kernel
+	$(GO) run ./e2e/cmd/testhost -timeout $(E2E_TIMEOUT) $(E2E_FLAGS)
+
+test: unit e2e
+
+# Boot the Debian guest with vmrun and show its console.
+demo: kernel
+	$(GO) run ./e2e/cmd/testhost -demo -timeout $(E2E_TIMEOUT) $(E2E_FLAGS)
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem ./...
+
+vet:
+	$(GO) vet ./...
+
+fmt:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); \
+	if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+
+check: fmt vet
+
+clean:
+	rm -rf bin

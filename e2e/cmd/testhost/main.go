@@ -1,0 +1,217 @@
+// Command testhost runs ptvmm's end-to-end tests (make e2e) and the demo
+// (make demo): directly on a host with VT-x/AMD-V, otherwise inside a QEMU
+// TCG test host whose kvm-amd gives the tests a hardware-style /dev/kvm.
+//
+// It prints the tests' -test.v output, a per-test summary with wall times,
+// the test host boot time, and a go test style "ok"/"FAIL" line; it exits 1
+// on any failure and never hangs (-timeout kills qemu and shows the last
+// console lines).
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/ptvmm/ptvmm/internal/testhost"
+)
+
+const e2eImport = "github.com/ptvmm/ptvmm/e2e"
+
+func main() {
+	var (
+		mode    = flag.String("mode", "auto", "auto: direct when the host has VT-x/AMD-V, else qemu; or direct, qemu")
+		timeout = flag.Duration("timeout", 10*time.Minute, "hard limit for the whole run")
+		run     = flag.String("run", "", "run only tests matching this regexp (go test -run)")
+		demo    = flag.Bool("demo", false, "boot the guest and show its console instead of running tests")
+		command = flag.String("cmd", "", "run this command in the test host instead of the tests (debugging)")
+		agent   = flag.String("agent", "", "package of the agent (default ./guest/agent)")
+		keep    = flag.Bool("keep", false, "keep the work directory")
+		mem     = flag.Int("mem", 4096, "test host memory in MiB")
+		cpus    = flag.Int("smp", 2, "test host vCPUs")
+	)
+	flag.Parse()
+	if strings.ContainsAny(*run, " \"") {
+		fatalf("-run: no spaces or quotes (it goes on a kernel command line)")
+	}
+	start := time.Now()
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+
+	root, err := testhost.RepoRoot()
+	check(err)
+	kdir, err := testhost.KernelDir()
+	check(err)
+	k, err := testhost.LoadKernel(kdir)
+	check(err)
+	work, err := os.MkdirTemp("", "ptvmm-e2e-")
+	check(err)
+	if *keep {
+		fmt.Println("testhost: work directory", work)
+	} else {
+		defer os.RemoveAll(work)
+	}
+
+	direct := *mode == "direct"
+	if *mode == "auto" {
+		ok, why := testhost.HardwareKVM()
+		direct = ok
+		if !ok {
+			fmt.Printf("testhost: %s; using the QEMU TCG test host\n", why)
+		}
+	}
+
+	a, err := testhost.Prepare(ctx, testhost.Options{
+		Root: root, Dir: work, Kernel: k, TestBinary: !direct, AgentPkg: *agent, Log: os.Stdout,
+	})
+	check(err)
+
+	var guestCmd string
+	switch {
+	case *demo:
+		guestCmd = demoCommand(a, direct)
+	case *command != "":
+		guestCmd = *command
+	}
+	var code int
+	if direct {
+		code = runDirect(ctx, a, *run, guestCmd, *timeout)
+	} else {
+		code = runQEMU(ctx, a, *run, guestCmd, *timeout, *mem, *cpus)
+	}
+	fmt.Printf("testhost: total wall time %.1fs\n", time.Since(start).Seconds())
+	if !*keep {
+		os.RemoveAll(work)
+	}
+	os.Exit(code)
+}
+
+// demoCommand boots the inner guest with vmrun and a visible command.
+func demoCommand(a *testhost.Assets, direct bool) string {
+	if a.VMRun == "" {
+		fatalf("demo: the repository has no cmd/vmrun yet")
+	}
+	dir := a.Dir
+	vmrun := a.VMRun
+	if !direct {
+		dir = testhost.TestHostAssets
+		vmrun = filepath.Join(dir, testhost.AssetVMRun)
+	}
+	return strings.Join(testhost.VMRunArgs(vmrun, dir, "uname -a"), " ")
+}
+
+func runDirect(ctx context.Context, a *testhost.Assets, run, guestCmd string, timeout time.Duration) int {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	var cmd *exec.Cmd
+	if guestCmd != "" {
+		f := strings.Fields(guestCmd)
+		cmd = exec.CommandContext(ctx, f[0], f[1:]...)
+	} else {
+		args := []string{"test", "-v", "-count=1", "-timeout", timeout.String()}
+		if run != "" {
+			args = append(args, "-run", run)
+		}
+		cmd = exec.CommandContext(ctx, "go", append(args, "./e2e")...)
+		cmd.Dir = a.Root
+	}
+	cmd.Env = append(os.Environ(), "PTVMM_E2E_DIR="+a.Dir)
+	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+	if err := cmd.Run(); err != nil {
+		fmt.Println("testhost:", err)
+		if ee, ok := err.(*exec.ExitError); ok && ee.ExitCode() > 0 {
+			return ee.ExitCode()
+		}
+		return 1
+	}
+	return 0
+}
+
+func runQEMU(ctx context.Context, a *testhost.Assets, run, guestCmd string, timeout time.Duration, mem, cpus int) int {
+	t := time.Now()
+	initrd := filepath.Join(a.Dir, "testhost.cpio")
+	check(a.WriteTestHostInitramfs(initrd))
+	st, err := os.Stat(initrd)
+	check(err)
+	fmt.Printf("testhost: pack test host initramfs, %d MiB (%.1fs)\n", st.Size()>>20, time.Since(t).Seconds())
+
+	mods, err := a.TestHostModules()
+	check(err)
+	if guestCmd == "" {
+		// Leave the test binary a minute less than qemu so it reports its own timeout.
+		inner := timeout - time.Minute
+		if inner < time.Minute {
+			inner = timeout / 2
+		}
+		guestCmd = fmt.Sprintf("%s/e2e.test -test.v -test.timeout=%s", testhost.TestHostAssets, inner)
+		if run != "" {
+			guestCmd += " -test.run=" + run
+		}
+	}
+	cfg := testhost.Config{
+		Kernel:  a.Kernel.Vmlinuz(),
+		Initrd:  initrd,
+		Append:  testhost.Cmdline(mods, guestCmd),
+		MemMB:   mem,
+		CPUs:    cpus,
+		Timeout: timeout,
+		Console: os.Stdout,
+	}
+	fmt.Printf("testhost: booting qemu-system-x86_64 %s\n", strings.Join(cfg.Args(), " "))
+	res, err := testhost.Boot(ctx, cfg)
+	ok := err == nil
+	if err != nil {
+		fmt.Println(err)
+	}
+	fmt.Println()
+	fmt.Println("testhost: summary")
+	if res != nil {
+		if res.Ready > 0 {
+			fmt.Printf("  test host boot (qemu start to agent ready): %.1fs\n", res.Ready.Seconds())
+		} else {
+			fmt.Println("  test host agent never became ready")
+			ok = false
+		}
+		for _, tr := range res.Tests {
+			fmt.Printf("  %-4s %-50s %7.2fs\n", tr.Status, tr.Name, tr.Elapsed.Seconds())
+			if tr.Status == "FAIL" {
+				ok = false
+			}
+		}
+		if guestCmd != "" && len(res.Tests) == 0 && !strings.Contains(guestCmd, "e2e.test") {
+			// a -cmd or -demo run: only the exit status counts
+		} else if len(res.Tests) == 0 {
+			fmt.Println("  no test results on the console")
+			ok = false
+		}
+		fmt.Printf("  command exit status in the test host: %d\n", res.ExitStatus)
+		if res.ExitStatus != 0 {
+			ok = false
+		}
+		fmt.Printf("  qemu wall time: %.1fs\n", res.Elapsed.Seconds())
+	}
+	el := time.Since(t).Seconds()
+	if !ok {
+		fmt.Printf("FAIL\t%s (testhost)\t%.1fs\n", e2eImport, el)
+		return 1
+	}
+	fmt.Printf("ok  \t%s (testhost)\t%.1fs\n", e2eImport, el)
+	return 0
+}
+
+func check(err error) {
+	if err != nil {
+		fatalf("%v", err)
+	}
+}
+
+func fatalf(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "testhost: "+format+"\n", args...)
+	os.Exit(1)
+}

@@ -1,0 +1,158 @@
+package testhost
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Config describes one test host boot.
+type Config struct {
+	QEMU      string        // binary; default qemu-system-x86_64
+	Kernel    string        // bzImage
+	Initrd    string        // initramfs with the agent as /init
+	Append    string        // kernel command line
+	MemMB     int           // default 4096
+	CPUs      int           // default 2
+	Timeout   time.Duration // hard limit for the whole boot; default 10 minutes
+	Console   io.Writer     // receives every console line as it arrives; may be nil
+	ExtraArgs []string      // appended to the qemu command line
+}
+
+// Result is what one boot showed on its console.
+type Result struct {
+	Ready      time.Duration // qemu start to the agent's ready line; 0 if never seen
+	Elapsed    time.Duration // qemu start to exit
+	ExitStatus int           // the agent's command status; -1 if never reported
+	Tests      []TestResult
+	Tail       []string // the last console lines
+}
+
+// TailLines is how many console lines a Result keeps.
+const TailLines = 60
+
+// Args is the qemu command line for cfg (defaults applied).
+func (cfg Config) Args() []string {
+	mem, cpus := cfg.MemMB, cfg.CPUs
+	if mem == 0 {
+		mem = 4096
+	}
+	if cpus == 0 {
+		cpus = 2
+	}
+	args := []string{
+		"-nodefaults", "-no-user-config", "-display", "none",
+		"-machine", "q35", "-accel", "tcg,thread=multi,tb-size=512", "-cpu", "max",
+		"-m", strconv.Itoa(mem), "-smp", strconv.Itoa(cpus),
+		"-chardev", "stdio,id=con,signal=off", "-serial", "chardev:con",
+		"-no-reboot",
+		"-kernel", cfg.Kernel, "-initrd", cfg.Initrd, "-append", cfg.Append,
+	}
+	return append(args, cfg.ExtraArgs...)
+}
+
+// Boot runs qemu until the guest powers off, ctx ends or cfg.Timeout passes.
+// It never hangs on a stuck guest: on timeout it kills qemu and returns an
+// error carrying the last console lines. A clean power-off returns a nil
+// error; the caller judges ExitStatus and Tests.
+func Boot(ctx context.Context, cfg Config) (*Result, error) {
+	bin := cfg.QEMU
+	if bin == "" {
+		bin = "qemu-system-x86_64"
+	}
+	timeout := cfg.Timeout
+	if timeout == 0 {
+		timeout = 10 * time.Minute
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+
+	cmd := exec.CommandContext(ctx, bin, cfg.Args()...)
+	// Own process group, and die with us: a killed runner leaves no qemu.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	cmd.Cancel = func() error { return unix.Kill(-cmd.Process.Pid, unix.SIGKILL) }
+	cmd.WaitDelay = 5 * time.Second
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, fmt.Errorf("testhost: qemu stdout: %w", err)
+	}
+	start := time.Now()
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("testhost: start %s: %w", bin, err)
+	}
+	res := &Result{ExitStatus: -1}
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		res.scan(out, start, cfg.Console)
+	}()
+	wg.Wait() // stdout closes when qemu exits or is killed
+	werr := cmd.Wait()
+	res.Elapsed = time.Since(start)
+
+	switch {
+	case ctx.Err() != nil:
+		why := "timed out after " + timeout.String()
+		if errors.Is(ctx.Err(), context.Canceled) {
+			why = "cancelled"
+		}
+		return res, fmt.Errorf("testhost: qemu %s (killed); last console lines:\n%s", why, res.tail())
+	case werr != nil:
+		return res, fmt.Errorf("testhost: qemu: %w: %s\nlast console lines:\n%s",
+			werr, strings.TrimSpace(stderr.String()), res.tail())
+	}
+	return res, nil
+}
+
+func (r *Result) scan(out io.Reader, start time.Time, console io.Writer) {
+	br := bufio.NewReaderSize(out, 64<<10)
+	for {
+		line, err := br.ReadString('\n')
+		if line != "" {
+			line = strings.TrimRight(line, "\r\n")
+			r.line(line, time.Since(start))
+			if console != nil {
+				fmt.Fprintln(console, line)
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+func (r *Result) line(line string, at time.Duration) {
+	r.Tail = append(r.Tail, line)
+	if len(r.Tail) > TailLines {
+		r.Tail = r.Tail[len(r.Tail)-TailLines:]
+	}
+	if r.Ready == 0 && strings.Contains(line, ReadyLine) {
+		r.Ready = at
+	}
+	if n, ok := ParseExitStatus(line); ok {
+		r.ExitStatus = n
+	}
+	if t, ok := ParseResult(line); ok {
+		r.Tests = append(r.Tests, t)
+	}
+}
+
+func (r *Result) tail() string {
+	if len(r.Tail) == 0 {
+		return "    (no console output)"
+	}
+	return "    " + strings.Join(r.Tail, "\n    ")
+}

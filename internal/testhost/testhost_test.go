@@ -1,0 +1,120 @@
+package testhost
+
+import (
+	"bytes"
+	"io"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"github.com/u-root/u-root/pkg/cpio"
+)
+
+func TestParseResult(t *testing.T) {
+	for _, c := range []struct {
+		line string
+		want TestResult
+		ok   bool
+	}{
+		{"--- PASS: TestKVMSanity (0.21s)", TestResult{"TestKVMSanity", "PASS", 210 * time.Millisecond}, true},
+		{"    --- FAIL: TestBoot/status_7 (12.50s)", TestResult{"TestBoot/status_7", "FAIL", 12500 * time.Millisecond}, true},
+		{"[    3.1] kvm: x--- SKIP: TestX (0.00s)", TestResult{"TestX", "SKIP", 0}, true},
+		{"=== RUN   TestKVMSanity", TestResult{}, false},
+		{"--- PASS: TestX (fast)", TestResult{}, false},
+	} {
+		got, ok := ParseResult(c.line)
+		assert.Equal(t, c.ok, ok, c.line)
+		assert.Equal(t, c.want, got, c.line)
+	}
+}
+
+func TestParseExitStatus(t *testing.T) {
+	n, ok := ParseExitStatus("ptvmm-agent: exit status 7")
+	assert.True(t, ok)
+	assert.Equal(t, 7, n)
+	n, ok = ParseExitStatus("[ 1.0] ptvmm-agent: exit status 0\r")
+	assert.True(t, ok)
+	assert.Equal(t, 0, n)
+	_, ok = ParseExitStatus("ptvmm-agent: exit status x")
+	assert.False(t, ok)
+	_, ok = ParseExitStatus("ptvmm-agent: ready")
+	assert.False(t, ok)
+}
+
+func TestResultLineTracking(t *testing.T) {
+	r := &Result{ExitStatus: -1}
+	for i := 0; i < TailLines+10; i++ {
+		r.line("noise", time.Second)
+	}
+	r.line("ptvmm-agent: ready", 3*time.Second)
+	r.line("ptvmm-agent: ready", 9*time.Second)
+	r.line("--- PASS: TestA (1.00s)", 4*time.Second)
+	r.line("ptvmm-agent: exit status 3", 5*time.Second)
+	assert.Equal(t, 3*time.Second, r.Ready, "first ready line counts")
+	assert.Equal(t, 3, r.ExitStatus)
+	assert.Len(t, r.Tests, 1)
+	assert.Len(t, r.Tail, TailLines)
+	assert.Equal(t, "ptvmm-agent: exit status 3", r.Tail[TailLines-1])
+}
+
+func TestWriteInitramfsRoundTrip(t *testing.T) {
+	dir := t.TempDir()
+	src := filepath.Join(dir, "blob")
+	require.NoError(t, os.WriteFile(src, []byte("hello"), 0o600))
+	var buf bytes.Buffer
+	require.NoError(t, WriteInitramfs(&buf, []File{
+		{Src: src, Dst: "/a/b/blob", Mode: 0o644},
+		{Data: []byte("xyz"), Dst: "/init"},
+	}))
+	recs, err := cpio.ReadAllRecords(cpio.Newc.Reader(bytes.NewReader(buf.Bytes())))
+	require.NoError(t, err)
+	got := map[string]string{}
+	for _, r := range recs {
+		if r.Mode&cpio.S_IFMT == cpio.S_IFREG {
+			b, err := io.ReadAll(io.NewSectionReader(r.ReaderAt, 0, int64(r.FileSize)))
+			require.NoError(t, err)
+			got[r.Name] = string(b)
+		} else {
+			got[r.Name] = "dir"
+		}
+	}
+	assert.Equal(t, map[string]string{"a": "dir", "a/b": "dir", "a/b/blob": "hello", "init": "xyz"}, got)
+}
+
+func TestKernelModulesOrder(t *testing.T) {
+	dir := t.TempDir()
+	require.NoError(t, os.MkdirAll(filepath.Join(dir, "modules"), 0o755))
+	write := func(name, s string) { require.NoError(t, os.WriteFile(filepath.Join(dir, name), []byte(s), 0o644)) }
+	write("VERSION", "6.1.0-test\n")
+	write("vmlinuz", "x")
+	write("a.order", "virtio_ring\nvirtio\n")
+	write("b.order", "virtio_ring\nvirtio_net\n")
+	for _, m := range []string{"virtio_ring", "virtio", "virtio_net"} {
+		write("modules/"+m+".ko", "m")
+	}
+	k, err := LoadKernel(dir)
+	require.NoError(t, err)
+	assert.Equal(t, "6.1.0-test", k.Version)
+	mods, err := k.Modules("a", "b")
+	require.NoError(t, err)
+	assert.Equal(t, []string{"virtio_ring", "virtio", "virtio_net"}, mods)
+
+	_, err = k.Modules("missing")
+	assert.ErrorContains(t, err, "make kernel")
+	require.NoError(t, os.Remove(filepath.Join(dir, "modules", "virtio.ko")))
+	_, err = k.Modules("a")
+	assert.ErrorContains(t, err, "virtio")
+	_, err = LoadKernel(t.TempDir())
+	assert.ErrorContains(t, err, "make kernel")
+}
+
+func TestCmdline(t *testing.T) {
+	got := Cmdline([]string{"irqbypass", "kvm", "kvm-amd"}, "/testhost/e2e.test -test.v")
+	assert.Contains(t, got, CmdlineMarker)
+	assert.Contains(t, got, "ptvmm.modules=irqbypass,kvm,kvm-amd")
+	assert.Contains(t, got, `ptvmm.cmd="/testhost/e2e.test -test.v"`)
+	assert.Contains(t, got, "console=ttyS0")
+}
