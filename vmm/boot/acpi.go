@@ -1,0 +1,154 @@
+package boot
+
+import (
+	"encoding/binary"
+	"fmt"
+
+	"github.com/ptvmm/ptvmm/vmm/memory"
+)
+
+// ACPI identification written into every table.
+const (
+	acpiOEMID      = "PTVMM "
+	acpiOEMTableID = "PTVMMACP"
+	acpiCreatorID  = "PTVM"
+)
+
+// FADT bits.
+const (
+	fadtFlagResetRegSup  = 1 << 10
+	fadtFlagHWReducedACP = 1 << 20
+	fadtBootNoVGA        = 1 << 2
+	fadtBootNoCMOSRTC    = 1 << 5
+	fadtLen              = 276 // revision 6
+)
+
+// SCIIRQ is the ISA IRQ the FADT declares as SCI (level, active high, like QEMU).
+const SCIIRQ = 9
+
+// MaxCPUs is the most vCPUs the MADT describes (xAPIC IDs 0..254; 255 is broadcast).
+const MaxCPUs = 255
+
+func checksum(b []byte) byte {
+	var s byte
+	for _, c := range b {
+		s += c
+	}
+	return -s
+}
+
+// sdt starts a table with the common 36-byte header; finish fills length and checksum.
+func sdt(sig string, rev byte, bodyLen int) []byte {
+	t := make([]byte, 36, 36+bodyLen)
+	copy(t[0:4], sig)
+	t[8] = rev
+	copy(t[10:16], acpiOEMID)
+	copy(t[16:24], acpiOEMTableID)
+	binary.LittleEndian.PutUint32(t[24:], 1)
+	copy(t[28:32], acpiCreatorID)
+	binary.LittleEndian.PutUint32(t[32:], 1)
+	return t
+}
+
+func finish(t []byte) []byte {
+	binary.LittleEndian.PutUint32(t[4:], uint32(len(t)))
+	t[9] = 0
+	t[9] = checksum(t)
+	return t
+}
+
+func madt(cpus int) []byte {
+	le := binary.LittleEndian
+	t := sdt("APIC", 4, 8+8*cpus+12+2*10)
+	t = le.AppendUint32(t, LAPICAddr)
+	t = le.AppendUint32(t, 1) // PCAT_COMPAT: KVM's irqchip includes the dual 8259
+	for i := range cpus {
+		// Processor Local APIC: UID, APIC ID, flags = enabled.
+		t = append(t, 0, 8, byte(i), byte(i))
+		t = le.AppendUint32(t, 1)
+	}
+	// I/O APIC: ID 0 (KVM's reset value), address, GSI base 0.
+	t = append(t, 1, 12, 0, 0)
+	t = le.AppendUint32(t, IOAPICAddr)
+	t = le.AppendUint32(t, 0)
+	// ISA IRQ0 (PIT) is wired to IOAPIC pin 2, as on PCs and in KVM's irqchip.
+	t = append(t, 2, 10, 0, 0)
+	t = le.AppendUint32(t, 2)
+	t = le.AppendUint16(t, 0)
+	// SCI: IRQ9, level triggered, active high.
+	t = append(t, 2, 10, 0, SCIIRQ)
+	t = le.AppendUint32(t, SCIIRQ)
+	t = le.AppendUint16(t, 0xd)
+	return finish(t)
+}
+
+func fadt(dsdt uint64) []byte {
+	le := binary.LittleEndian
+	t := sdt("FACP", 6, fadtLen-36)
+	t = t[:fadtLen]
+	// The 32-bit DSDT field stays zero: the spec wants it so when X_DSDT is set.
+	le.PutUint16(t[46:], SCIIRQ)
+	le.PutUint16(t[109:], fadtBootNoVGA|fadtBootNoCMOSRTC)
+	le.PutUint32(t[112:], fadtFlagHWReducedACP|fadtFlagResetRegSup)
+	// RESET_REG: system I/O port 0x64, byte access; value 0xFE pulses the i8042 reset line.
+	t[116], t[117], t[118], t[119] = 1, 8, 0, 1
+	le.PutUint64(t[120:], 0x64)
+	t[128] = 0xfe
+	t[131] = 0 // FADT minor version
+	le.PutUint64(t[140:], dsdt)
+	copy(t[268:276], "PTVMM\x00\x00\x00")
+	return finish(t)
+}
+
+// writeACPI writes RSDP, XSDT, RSDT, FADT, MADT and an empty DSDT into [base, limit),
+// RSDP first (base must be 16-byte aligned inside 0xE0000-0xFFFFF so the kernel could
+// also find it by scanning). It returns the RSDP address.
+func writeACPI(m *memory.Memory, base, limit uint64, cpus int) (uint64, error) {
+	if cpus < 1 || cpus > MaxCPUs {
+		return 0, fmt.Errorf("boot: %d CPUs; give 1 to %d", cpus, MaxCPUs)
+	}
+	le := binary.LittleEndian
+	next := base + 64 // after the 36-byte RSDP
+	var err error
+	place := func(t []byte) uint64 {
+		a := next
+		next = (next + uint64(len(t)) + 15) &^ 15
+		if err == nil && next > limit {
+			err = fmt.Errorf("boot: ACPI tables do not fit below %#x", limit)
+		}
+		if err == nil {
+			err = m.WriteAt(t, a)
+		}
+		return a
+	}
+	dsdt := place(finish(sdt("DSDT", 2, 0)))
+	fadtAddr := place(fadt(dsdt))
+	madtAddr := place(madt(cpus))
+
+	xsdt := sdt("XSDT", 1, 16)
+	xsdt = le.AppendUint64(xsdt, fadtAddr)
+	xsdt = le.AppendUint64(xsdt, madtAddr)
+	xsdtAddr := place(finish(xsdt))
+
+	rsdt := sdt("RSDT", 1, 8)
+	rsdt = le.AppendUint32(rsdt, uint32(fadtAddr))
+	rsdt = le.AppendUint32(rsdt, uint32(madtAddr))
+	rsdtAddr := place(finish(rsdt))
+	if err != nil {
+		return 0, fmt.Errorf("boot: write ACPI tables: %w", err)
+	}
+
+	rsdp := make([]byte, 36)
+	copy(rsdp, "RSD PTR ")
+	copy(rsdp[9:15], acpiOEMID)
+	rsdp[15] = 2
+	le.PutUint32(rsdp[16:], uint32(rsdtAddr))
+	le.PutUint32(rsdp[20:], 36)
+	le.PutUint64(rsdp[24:], xsdtAddr)
+	rsdp[8] = checksum(rsdp[:20])
+	rsdp[32] = checksum(rsdp)
+	if err := m.WriteAt(rsdp, base); err != nil {
+		return 0, fmt.Errorf("boot: write RSDP: %w", err)
+	}
+	return base, nil
+}
