@@ -1,7 +1,6 @@
 package testhost
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"io"
@@ -10,14 +9,14 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/ptvmm/ptvmm/guest/initramfs"
 )
 
 // Package paths Prepare builds, relative to the module root.
 const (
-	agentPkg    = "./guest/agent"
-	fallbackPkg = "./e2e/internal/miniinit" // until guest/agent exists
-	vmrunPkg    = "./cmd/vmrun"
-	e2ePkg      = "./e2e"
+	vmrunPkg = "./cmd/vmrun"
+	e2ePkg   = "./e2e"
 )
 
 // Assets are the built pieces of an e2e run, in Dir (see the Asset* names).
@@ -28,7 +27,6 @@ type Assets struct {
 	Init       string // static guest agent: PID 1 of the test host and of the inner guest
 	VMRun      string // static cmd/vmrun; "" when the repo has none yet
 	TestBinary string // static e2e test binary; "" unless built for the test host
-	Timings    map[string]time.Duration
 }
 
 // Options say what Prepare builds.
@@ -37,7 +35,6 @@ type Options struct {
 	Dir        string  // output directory (exists, empty)
 	Kernel     *Kernel // the kernel cache
 	TestBinary bool    // build the e2e test binary (for the test host)
-	AgentPkg   string  // package of the agent; default ./guest/agent if present
 	Log        io.Writer
 }
 
@@ -48,26 +45,18 @@ func Prepare(ctx context.Context, o Options) (*Assets, error) {
 	if log == nil {
 		log = io.Discard
 	}
-	a := &Assets{Dir: dir, Root: root, Kernel: k, Timings: map[string]time.Duration{}}
+	a := &Assets{Dir: dir, Root: root, Kernel: k}
 	step := func(name string, f func() error) error {
 		t := time.Now()
-		err := f()
-		a.Timings[name] = time.Since(t)
-		if err == nil {
-			fmt.Fprintf(log, "testhost: %s (%.1fs)\n", name, a.Timings[name].Seconds())
+		if err := f(); err != nil {
+			return err
 		}
-		return err
+		fmt.Fprintf(log, "testhost: %s (%.1fs)\n", name, time.Since(t).Seconds())
+		return nil
 	}
 
-	pkg := o.AgentPkg
-	if pkg == "" {
-		pkg = agentPkg
-		if !exists(filepath.Join(root, agentPkg)) {
-			pkg = fallbackPkg
-		}
-	}
-	a.Init = filepath.Join(dir, "init")
-	if err := step("build agent "+pkg, func() error { return goBuild(ctx, root, a.Init, "build", pkg) }); err != nil {
+	a.Init = filepath.Join(dir, "ptvmm-agent")
+	if err := step("build agent", func() error { return initramfs.BuildAgent(a.Init) }); err != nil {
 		return nil, err
 	}
 	if exists(filepath.Join(root, vmrunPkg)) {
@@ -92,52 +81,81 @@ func Prepare(ctx context.Context, o Options) (*Assets, error) {
 	return a, nil
 }
 
-// GuestModules are the module groups packed into the inner guest's initramfs.
+// GuestModules are the module groups the inner guest's initramfs carries in
+// the agent's module directory. They are not in its load list: a test loads
+// what it needs with ptvmm.modules= (see GuestModuleArg).
 var GuestModules = []string{"virtio-net", "uio"}
 
+// GuestModuleArg is the ptvmm.modules= value that loads groups in the inner
+// guest, e.g. GuestModuleArg(k, "virtio-net").
+func GuestModuleArg(k *Kernel, groups ...string) (string, error) {
+	mods, err := k.Modules(groups...)
+	if err != nil {
+		return "", err
+	}
+	return "ptvmm.modules=" + strings.Join(mods, ","), nil
+}
+
 // packGuest writes the inner guest's initramfs: the agent as /init and the
-// GuestModules under /lib/modules.
+// GuestModules files.
 func (a *Assets) packGuest() error {
-	files := []File{{Src: a.Init, Dst: "/init"}}
 	mods, err := a.Kernel.Modules(GuestModules...)
 	if err != nil {
 		return err
 	}
+	spec := initramfs.Spec{Init: a.Init}
 	for _, m := range mods {
-		files = append(files, File{Src: a.Kernel.ModulePath(m), Dst: "/lib/modules/" + m + ".ko", Mode: 0o644})
+		spec.Files = append(spec.Files, initramfs.File{
+			Host: a.Kernel.ModulePath(m), Guest: "/lib/modules/ptvmm/" + m + ".ko", Mode: 0o644,
+		})
 	}
-	return writeFileAtomic(filepath.Join(a.Dir, AssetGuestInit), func(w io.Writer) error {
-		return WriteInitramfs(w, files)
-	})
+	return initramfs.BuildFile(filepath.Join(a.Dir, AssetGuestInit), spec)
 }
 
 // TestHostModules are loaded by the test host's agent, in this order.
 func (a *Assets) TestHostModules() ([]string, error) { return a.Kernel.Modules("kvm") }
 
 // WriteTestHostInitramfs packs the test host: the agent as /init, the kvm
-// modules, and the assets under TestHostAssets.
-func (a *Assets) WriteTestHostInitramfs(path string) error {
+// modules in its load list, cmd as the agent's command, and the assets
+// (the kernel cache, the guest initramfs, vmrun, the test binary) under
+// TestHostAssets.
+func (a *Assets) WriteTestHostInitramfs(path, cmd string) error {
 	mods, err := a.TestHostModules()
 	if err != nil {
 		return err
 	}
-	files := []File{{Src: a.Init, Dst: "/init"}}
+	spec := initramfs.Spec{Init: a.Init, Cmd: cmd}
 	for _, m := range mods {
-		files = append(files, File{Src: a.Kernel.ModulePath(m), Dst: "/lib/modules/" + m + ".ko", Mode: 0o644})
+		spec.Modules = append(spec.Modules, a.Kernel.ModulePath(m))
 	}
 	at := func(name string) string { return filepath.Join(TestHostAssets, name) }
-	files = append(files,
-		File{Src: a.Kernel.Vmlinuz(), Dst: at(AssetKernelDir + "/vmlinuz"), Mode: 0o644},
-		File{Src: filepath.Join(a.Kernel.Dir, "VERSION"), Dst: at(AssetKernelDir + "/VERSION"), Mode: 0o644},
-		File{Src: filepath.Join(a.Dir, AssetGuestInit), Dst: at(AssetGuestInit), Mode: 0o644},
-	)
+	add := func(host, guest string, mode os.FileMode) {
+		spec.Files = append(spec.Files, initramfs.File{Host: host, Guest: guest, Mode: mode})
+	}
+	kfiles, err := filepath.Glob(filepath.Join(a.Kernel.Dir, "*"))
+	if err != nil {
+		return fmt.Errorf("testhost: %w", err)
+	}
+	for _, f := range kfiles {
+		if st, err := os.Stat(f); err == nil && st.Mode().IsRegular() {
+			add(f, at(AssetKernelDir+"/"+filepath.Base(f)), 0o644)
+		}
+	}
+	kmods, err := filepath.Glob(filepath.Join(a.Kernel.Dir, "modules", "*.ko"))
+	if err != nil {
+		return fmt.Errorf("testhost: %w", err)
+	}
+	for _, f := range kmods {
+		add(f, at(AssetKernelDir+"/modules/"+filepath.Base(f)), 0o644)
+	}
+	add(filepath.Join(a.Dir, AssetGuestInit), at(AssetGuestInit), 0o644)
 	if a.VMRun != "" {
-		files = append(files, File{Src: a.VMRun, Dst: at(AssetVMRun)})
+		add(a.VMRun, at(AssetVMRun), 0o755)
 	}
 	if a.TestBinary != "" {
-		files = append(files, File{Src: a.TestBinary, Dst: at("e2e.test")})
+		add(a.TestBinary, at("e2e.test"), 0o755)
 	}
-	return writeFileAtomic(path, func(w io.Writer) error { return WriteInitramfs(w, files) })
+	return initramfs.BuildFile(path, spec)
 }
 
 // goBuild runs `go <args...> -o out` statically linked.
@@ -153,44 +171,25 @@ func goBuild(ctx context.Context, root, out string, args ...string) error {
 	return nil
 }
 
-func writeFileAtomic(path string, f func(io.Writer) error) error {
-	tmp := path + ".tmp"
-	fh, err := os.Create(tmp)
-	if err != nil {
-		return fmt.Errorf("testhost: %w", err)
-	}
-	bw := bufio.NewWriterSize(fh, 1<<20)
-	err = f(bw)
-	if err == nil {
-		err = bw.Flush()
-	}
-	if err != nil {
-		fh.Close()
-		os.Remove(tmp)
-		return err
-	}
-	if err := fh.Close(); err != nil {
-		return fmt.Errorf("testhost: %w", err)
-	}
-	return os.Rename(tmp, path)
-}
-
 func exists(p string) bool {
 	_, err := os.Stat(p)
 	return err == nil
 }
 
-// Cmdline is the test host's kernel command line: load mods, run cmd.
-func Cmdline(mods []string, cmd string) string {
-	return fmt.Sprintf(`console=ttyS0 quiet panic=-1 %s ptvmm.modules=%s ptvmm.cmd="%s"`,
-		CmdlineMarker, strings.Join(mods, ","), cmd)
+// Cmdline is the test host's kernel command line. The agent's command is in
+// the initramfs (WriteTestHostInitramfs), so nothing here needs quoting.
+func Cmdline() string {
+	return "console=ttyS0 quiet panic=-1 reboot=k " + CmdlineMarker
 }
 
 // VMRunArgs is the vmrun command line that boots the inner guest from the
-// assets in dir and runs cmd in it.
-func VMRunArgs(vmrun, dir, cmd string) []string {
+// assets in dir with the agent running cmd; extra are more kernel
+// command line words (e.g. from GuestModuleArg).
+func VMRunArgs(vmrun, dir, cmd string, extra ...string) []string {
+	app := append([]string{"console=ttyS0", "reboot=k", "panic=-1"}, extra...)
+	app = append(app, fmt.Sprintf(`ptvmm.cmd="%s"`, cmd))
 	return []string{vmrun,
 		"-kernel", filepath.Join(dir, AssetKernelDir, "vmlinuz"),
 		"-initrd", filepath.Join(dir, AssetGuestInit),
-		"-append", fmt.Sprintf(`console=ttyS0 ptvmm.cmd="%s"`, cmd)}
+		"-append", strings.Join(app, " ")}
 }

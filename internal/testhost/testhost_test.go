@@ -1,16 +1,14 @@
 package testhost
 
 import (
-	"bytes"
-	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-	"github.com/u-root/u-root/pkg/cpio"
 )
 
 func TestParseResult(t *testing.T) {
@@ -60,30 +58,6 @@ func TestResultLineTracking(t *testing.T) {
 	assert.Equal(t, "ptvmm-agent: exit status 3", r.Tail[TailLines-1])
 }
 
-func TestWriteInitramfsRoundTrip(t *testing.T) {
-	dir := t.TempDir()
-	src := filepath.Join(dir, "blob")
-	require.NoError(t, os.WriteFile(src, []byte("hello"), 0o600))
-	var buf bytes.Buffer
-	require.NoError(t, WriteInitramfs(&buf, []File{
-		{Src: src, Dst: "/a/b/blob", Mode: 0o644},
-		{Data: []byte("xyz"), Dst: "/init"},
-	}))
-	recs, err := cpio.ReadAllRecords(cpio.Newc.Reader(bytes.NewReader(buf.Bytes())))
-	require.NoError(t, err)
-	got := map[string]string{}
-	for _, r := range recs {
-		if r.Mode&cpio.S_IFMT == cpio.S_IFREG {
-			b, err := io.ReadAll(io.NewSectionReader(r.ReaderAt, 0, int64(r.FileSize)))
-			require.NoError(t, err)
-			got[r.Name] = string(b)
-		} else {
-			got[r.Name] = "dir"
-		}
-	}
-	assert.Equal(t, map[string]string{"a": "dir", "a/b": "dir", "a/b/blob": "hello", "init": "xyz"}, got)
-}
-
 func TestKernelModulesOrder(t *testing.T) {
 	dir := t.TempDir()
 	require.NoError(t, os.MkdirAll(filepath.Join(dir, "modules"), 0o755))
@@ -112,9 +86,18 @@ func TestKernelModulesOrder(t *testing.T) {
 }
 
 func TestCmdline(t *testing.T) {
-	got := Cmdline([]string{"irqbypass", "kvm", "kvm-amd"}, "/testhost/e2e.test -test.v")
+	got := Cmdline()
 	assert.Contains(t, got, CmdlineMarker)
-	assert.Contains(t, got, "ptvmm.modules=irqbypass,kvm,kvm-amd")
-	assert.Contains(t, got, `ptvmm.cmd="/testhost/e2e.test -test.v"`)
 	assert.Contains(t, got, "console=ttyS0")
+	assert.NotContains(t, got, "ptvmm.cmd", "the command goes into the initramfs, not the command line")
+}
+
+func TestVMRunArgs(t *testing.T) {
+	args := VMRunArgs("/x/vmrun", "/a", "/bin/ptvmm-agent exit 7", "ptvmm.modules=a,b")
+	require.Equal(t, "/x/vmrun", args[0])
+	assert.Contains(t, args, "/a/kernel/vmlinuz")
+	assert.Contains(t, args, "/a/guest.cpio")
+	last := args[len(args)-1]
+	assert.Contains(t, last, "ptvmm.modules=a,b")
+	assert.True(t, strings.HasSuffix(last, `ptvmm.cmd="/bin/ptvmm-agent exit 7"`), last)
 }

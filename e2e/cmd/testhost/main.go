@@ -31,15 +31,11 @@ func main() {
 		run     = flag.String("run", "", "run only tests matching this regexp (go test -run)")
 		demo    = flag.Bool("demo", false, "boot the guest and show its console instead of running tests")
 		command = flag.String("cmd", "", "run this command in the test host instead of the tests (debugging)")
-		agent   = flag.String("agent", "", "package of the agent (default ./guest/agent)")
 		keep    = flag.Bool("keep", false, "keep the work directory")
 		mem     = flag.Int("mem", 4096, "test host memory in MiB")
 		cpus    = flag.Int("smp", 2, "test host vCPUs")
 	)
 	flag.Parse()
-	if strings.ContainsAny(*run, " \"") {
-		fatalf("-run: no spaces or quotes (it goes on a kernel command line)")
-	}
 	start := time.Now()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
@@ -68,7 +64,7 @@ func main() {
 	}
 
 	a, err := testhost.Prepare(ctx, testhost.Options{
-		Root: root, Dir: work, Kernel: k, TestBinary: !direct, AgentPkg: *agent, Log: os.Stdout,
+		Root: root, Dir: work, Kernel: k, TestBinary: !direct, Log: os.Stdout,
 	})
 	check(err)
 
@@ -103,7 +99,16 @@ func demoCommand(a *testhost.Assets, direct bool) string {
 		dir = testhost.TestHostAssets
 		vmrun = filepath.Join(dir, testhost.AssetVMRun)
 	}
-	return strings.Join(testhost.VMRunArgs(vmrun, dir, "uname -a"), " ")
+	return shellJoin(testhost.VMRunArgs(vmrun, dir, "/bin/ptvmm-agent uname -a"))
+}
+
+// shellJoin quotes args for the agent's command splitter (POSIX-like).
+func shellJoin(args []string) string {
+	q := make([]string, len(args))
+	for i, a := range args {
+		q[i] = "'" + strings.ReplaceAll(a, "'", `'\''`) + "'"
+	}
+	return strings.Join(q, " ")
 }
 
 func runDirect(ctx context.Context, a *testhost.Assets, run, guestCmd string, timeout time.Duration) int {
@@ -111,8 +116,7 @@ func runDirect(ctx context.Context, a *testhost.Assets, run, guestCmd string, ti
 	defer cancel()
 	var cmd *exec.Cmd
 	if guestCmd != "" {
-		f := strings.Fields(guestCmd)
-		cmd = exec.CommandContext(ctx, f[0], f[1:]...)
+		cmd = exec.CommandContext(ctx, "sh", "-c", guestCmd)
 	} else {
 		args := []string{"test", "-v", "-count=1", "-timeout", timeout.String()}
 		if run != "" {
@@ -135,15 +139,8 @@ func runDirect(ctx context.Context, a *testhost.Assets, run, guestCmd string, ti
 
 func runQEMU(ctx context.Context, a *testhost.Assets, run, guestCmd string, timeout time.Duration, mem, cpus int) int {
 	t := time.Now()
-	initrd := filepath.Join(a.Dir, "testhost.cpio")
-	check(a.WriteTestHostInitramfs(initrd))
-	st, err := os.Stat(initrd)
-	check(err)
-	fmt.Printf("testhost: pack test host initramfs, %d MiB (%.1fs)\n", st.Size()>>20, time.Since(t).Seconds())
-
-	mods, err := a.TestHostModules()
-	check(err)
-	if guestCmd == "" {
+	tests := guestCmd == ""
+	if tests {
 		// Leave the test binary a minute less than qemu so it reports its own timeout.
 		inner := timeout - time.Minute
 		if inner < time.Minute {
@@ -151,13 +148,19 @@ func runQEMU(ctx context.Context, a *testhost.Assets, run, guestCmd string, time
 		}
 		guestCmd = fmt.Sprintf("%s/e2e.test -test.v -test.timeout=%s", testhost.TestHostAssets, inner)
 		if run != "" {
-			guestCmd += " -test.run=" + run
+			guestCmd += " " + shellJoin([]string{"-test.run=" + run})
 		}
 	}
+	initrd := filepath.Join(a.Dir, "testhost.cpio")
+	check(a.WriteTestHostInitramfs(initrd, guestCmd))
+	st, err := os.Stat(initrd)
+	check(err)
+	fmt.Printf("testhost: pack test host initramfs, %d MiB (%.1fs)\n", st.Size()>>20, time.Since(t).Seconds())
+	fmt.Printf("testhost: test host command: %s\n", guestCmd)
 	cfg := testhost.Config{
 		Kernel:  a.Kernel.Vmlinuz(),
 		Initrd:  initrd,
-		Append:  testhost.Cmdline(mods, guestCmd),
+		Append:  testhost.Cmdline(),
 		MemMB:   mem,
 		CPUs:    cpus,
 		Timeout: timeout,
@@ -184,9 +187,7 @@ func runQEMU(ctx context.Context, a *testhost.Assets, run, guestCmd string, time
 				ok = false
 			}
 		}
-		if guestCmd != "" && len(res.Tests) == 0 && !strings.Contains(guestCmd, "e2e.test") {
-			// a -cmd or -demo run: only the exit status counts
-		} else if len(res.Tests) == 0 {
+		if tests && len(res.Tests) == 0 {
 			fmt.Println("  no test results on the console")
 			ok = false
 		}
