@@ -1,0 +1,156 @@
+package micro
+
+// Ports through which a guest reports to the test (no ioeventfd on them: they exit).
+const (
+	ReadyPort = 0x5f0 // "set up, go ahead"
+	DonePort  = 0x5f4 // finished; EAX holds a result
+)
+
+// Platform addresses the programs touch (x86 defaults, handled inside KVM with the
+// in-kernel irqchip).
+const (
+	LAPICBase  = 0xfee0_0000
+	LAPICEOI   = LAPICBase + 0xb0
+	LAPICSVR   = LAPICBase + 0xf0
+	IOAPICBase = 0xfec0_0000
+)
+
+// Port writes EAX... is used as: set DX to port and write EAX (all of it).
+func (a *Asm) OutPort32(port uint16, val uint32) {
+	a.MovImm(RDX, uint64(port))
+	a.MovImm(RAX, uint64(val))
+	a.Out32()
+}
+
+// Report writes RAX to port (keeping RAX).
+func (a *Asm) Report(port uint16) {
+	a.MovImm(RDX, uint64(port))
+	a.Out32()
+}
+
+// Halt ends the program: a tight loop (HLT would fault at CPL3).
+func (a *Asm) Halt() {
+	l := a.Here()
+	a.Pause()
+	a.Jmp(l)
+}
+
+// StoreImm32 writes val to the 32-bit location at addr (clobbers RBX and RAX).
+func (a *Asm) StoreImm32(addr uint64, val uint32) {
+	a.MovImm(RBX, addr)
+	a.MovImm(RAX, uint64(val))
+	a.Store32(RBX, 0, RAX)
+}
+
+// ConfigAddress is the mechanism #1 address of bus 0, function 0, slot, reg.
+func ConfigAddress(slot int, reg uint8) uint32 {
+	return 0x8000_0000 | uint32(slot)<<11 | uint32(reg&0xfc)
+}
+
+// ConfigRead32 reads config dword reg of slot into EAX (clobbers RDX).
+func (a *Asm) ConfigRead32(slot int, reg uint8) {
+	a.OutPort32(0xcf8, ConfigAddress(slot, reg))
+	a.MovImm(RDX, 0xcfc)
+	a.In32()
+}
+
+// ConfigWrite32 writes a config dword (clobbers RAX, RDX).
+func (a *Asm) ConfigWrite32(slot int, reg uint8, val uint32) {
+	a.OutPort32(0xcf8, ConfigAddress(slot, reg))
+	a.MovImm(RDX, 0xcfc)
+	a.MovImm(RAX, uint64(val))
+	a.Out32()
+}
+
+// ConfigWrite16 writes a config word at reg (2-byte aligned) through port 0xCFC+(reg&3).
+func (a *Asm) ConfigWrite16(slot int, reg uint8, val uint16) {
+	a.OutPort32(0xcf8, ConfigAddress(slot, reg))
+	a.MovImm(RDX, 0xcfc+uint64(reg&3))
+	a.MovImm(RAX, uint64(val))
+	a.Out16()
+}
+
+// EnableLAPIC sets the software-enable bit in the spurious vector register (vector 0xFF).
+func (a *Asm) EnableLAPIC() { a.StoreImm32(LAPICSVR, 0x1ff) }
+
+// IOAPICRoute programs IOAPIC pin to deliver vector to APIC 0, unmasked; level selects
+// level-triggered (what INTx with a resample irqfd needs).
+func (a *Asm) IOAPICRoute(pin int, vector uint8, level bool) {
+	lo := uint32(vector)
+	if level {
+		lo |= 1 << 15
+	}
+	a.StoreImm32(IOAPICBase, uint32(0x10+2*pin+1))
+	a.StoreImm32(IOAPICBase+0x10, 0) // destination APIC 0
+	a.StoreImm32(IOAPICBase, uint32(0x10+2*pin))
+	a.StoreImm32(IOAPICBase+0x10, lo)
+}
+
+// CountingHandler emits an interrupt handler that increments the qword at counter,
+// writes the LAPIC EOI register and returns; it returns the handler's label. Eight
+// instructions: it runs at CPL0, which software KVM emulates.
+func (a *Asm) CountingHandler(counter uint64) Label {
+	l := a.Here()
+	a.Push(RBX)
+	a.MovImm(RBX, counter)
+	a.LockInc64(RBX, 0)
+	a.MovImm(RBX, LAPICEOI)
+	a.Store32(RBX, 0, RBX) // any value acknowledges
+	a.Pop(RBX)
+	a.Iretq()
+	return l
+}
+
+// WaitCounter spins until the qword at counter is >= target (unsigned), then reports
+// the counter on DonePort and stops.
+func (a *Asm) WaitCounter(counter, target uint64) {
+	a.MovImm(RBX, counter)
+	a.MovImm(RCX, target)
+	wait := a.Here()
+	a.Load64(RAX, RBX, 0)
+	a.Cmp(RAX, RCX)
+	a.J(Below, wait)
+	a.Report(DonePort)
+	a.Halt()
+}
+
+// Doorbells rings n times: a 32-bit MMIO store of val at addr, or a 32-bit OUT to port
+// addr when pio. The loop is the store (or OUT) plus DEC and JNZ: nothing else touches
+// memory. Then it reports n on DonePort. n must be > 0.
+func Doorbells(base uint64, n uint64, addr uint64, pio bool, val uint32) ([]byte, error) {
+	a := New(base)
+	a.MovImm(RCX, n)
+	a.MovImm(RAX, uint64(val))
+	if pio {
+		a.MovImm(RDX, addr)
+	} else {
+		a.MovImm(RBX, addr)
+	}
+	loop := a.Here()
+	if pio {
+		a.Out32()
+	} else {
+		a.Store32(RBX, 0, RAX)
+	}
+	a.Dec(RCX)
+	a.J(NotEqual, loop)
+	a.MovImm(RAX, n)
+	a.Report(DonePort)
+	a.Halt()
+	return a.Assemble()
+}
+
+// ConfigDump reads the first n config dwords of slot into out[0..n) (guest memory),
+// reports n on DonePort and stops.
+func ConfigDump(base uint64, slot int, n int, out uint64) ([]byte, error) {
+	a := New(base)
+	a.MovImm(RDI, out)
+	for i := 0; i < n; i++ {
+		a.ConfigRead32(slot, uint8(4*i))
+		a.Store32(RDI, int32(4*i), RAX)
+	}
+	a.MovImm(RAX, uint64(n))
+	a.Report(DonePort)
+	a.Halt()
+	return a.Assemble()
+}
