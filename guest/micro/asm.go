@@ -94,7 +94,6 @@ func (a *Asm) Assemble() ([]byte, error) {
 	return out, nil
 }
 
-
 // modrm encodes a [base+disp] operand with reg field.
 func (a *Asm) modrm(reg byte, base Reg, disp int32) {
 	switch {
