@@ -12,7 +12,9 @@
 // addresses, slot numbers) as plain Go values. The encoder is checked against GNU as
 // when it is installed.
 //
-// Conventions shared with the tests: the guest reports through port I/O that exits to
-// the VMM - ReadyPort when it finished setting up, DonePort with a result in EAX when
-// it is done - and keeps counters in its data area (boot.MicroDataAddr).
+// Conventions shared with the tests: the guest reports through stores to unmapped
+// MMIO addresses, which exit to the VMM - ReadyAddr when it finished setting up,
+// DoneAddr with a result when it is done - and keeps counters in its data area
+// (boot.MicroDataAddr). Port I/O (configuration mechanism #1, PIO doorbells) faults at
+// CPL3 on software KVM (PVM ignores IOPL there), so programs using it run at CPL0.
 package micro

@@ -1,9 +1,11 @@
 package micro
 
-// Ports through which a guest reports to the test (no ioeventfd on them: they exit).
+// MMIO addresses through which a guest reports to the test: nothing is mapped there,
+// so a store exits to the VMM. (MMIO rather than port I/O because software KVM (PVM)
+// does not honour IOPL for CPL3 guest code: IN/OUT at CPL3 raise #GP there.)
 const (
-	ReadyPort = 0x5f0 // "set up, go ahead"
-	DonePort  = 0x5f4 // finished; EAX holds a result
+	ReadyAddr = 0xfebf_f000 // "set up, go ahead"
+	DoneAddr  = 0xfebf_f008 // finished; the 32-bit value stored is the result
 )
 
 // Platform addresses the programs touch (x86 defaults, handled inside KVM with the
@@ -15,17 +17,18 @@ const (
 	IOAPICBase = 0xfec0_0000
 )
 
-// Port writes EAX... is used as: set DX to port and write EAX (all of it).
+// OutPort32 writes val to port (clobbers RAX, RDX). Port I/O needs CPL0 on software
+// KVM (see ReadyAddr).
 func (a *Asm) OutPort32(port uint16, val uint32) {
 	a.MovImm(RDX, uint64(port))
 	a.MovImm(RAX, uint64(val))
 	a.Out32()
 }
 
-// Report writes RAX to port (keeping RAX).
-func (a *Asm) Report(port uint16) {
-	a.MovImm(RDX, uint64(port))
-	a.Out32()
+// Report stores EAX at addr (ReadyAddr or DoneAddr), clobbering RDX.
+func (a *Asm) Report(addr uint64) {
+	a.MovImm(RDX, addr)
+	a.Store32(RDX, 0, RAX)
 }
 
 // Halt ends the program: a tight loop (HLT would fault at CPL3).
@@ -102,7 +105,7 @@ func (a *Asm) CountingHandler(counter uint64) Label {
 }
 
 // WaitCounter spins until the qword at counter is >= target (unsigned), then reports
-// the counter on DonePort and stops.
+// the counter at DoneAddr and stops.
 func (a *Asm) WaitCounter(counter, target uint64) {
 	a.MovImm(RBX, counter)
 	a.MovImm(RCX, target)
@@ -110,13 +113,14 @@ func (a *Asm) WaitCounter(counter, target uint64) {
 	a.Load64(RAX, RBX, 0)
 	a.Cmp(RAX, RCX)
 	a.J(Below, wait)
-	a.Report(DonePort)
+	a.Report(DoneAddr)
 	a.Halt()
 }
 
 // Doorbells rings n times: a 32-bit MMIO store of val at addr, or a 32-bit OUT to port
 // addr when pio. The loop is the store (or OUT) plus DEC and JNZ: nothing else touches
-// memory. Then it reports n on DonePort. n must be > 0.
+// memory. Then it reports n at DoneAddr. Port I/O doorbells need CPL0 (boot.MicroOptions.Kernel)
+// on software KVM. n must be > 0.
 func Doorbells(base uint64, n uint64, addr uint64, pio bool, val uint32) ([]byte, error) {
 	a := New(base)
 	a.MovImm(RCX, n)
@@ -135,13 +139,13 @@ func Doorbells(base uint64, n uint64, addr uint64, pio bool, val uint32) ([]byte
 	a.Dec(RCX)
 	a.J(NotEqual, loop)
 	a.MovImm(RAX, n)
-	a.Report(DonePort)
+	a.Report(DoneAddr)
 	a.Halt()
 	return a.Assemble()
 }
 
 // ConfigDump reads the first n config dwords of slot into out[0..n) (guest memory),
-// reports n on DonePort and stops.
+// reports n at DoneAddr and stops. It uses port I/O: run it at CPL0 on software KVM.
 func ConfigDump(base uint64, slot int, n int, out uint64) ([]byte, error) {
 	a := New(base)
 	a.MovImm(RDI, out)
@@ -150,7 +154,7 @@ func ConfigDump(base uint64, slot int, n int, out uint64) ([]byte, error) {
 		a.Store32(RDI, int32(4*i), RAX)
 	}
 	a.MovImm(RAX, uint64(n))
-	a.Report(DonePort)
+	a.Report(DoneAddr)
 	a.Halt()
 	return a.Assemble()
 }
