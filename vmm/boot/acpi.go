@@ -82,6 +82,56 @@ func madt(cpus int) []byte {
 	return finish(t)
 }
 
+// Legacy devices and PCI interrupt wiring the DSDT describes. With a hardware-reduced
+// FADT Linux sets up no legacy PIC and no ISA IRQ mappings, so COM1's IRQ and the PCI
+// root bridge (without which Linux does not scan PCI when ACPI is on) must be here.
+const (
+	COM1Port = 0x3f8
+	COM1IRQ  = 4
+	// PCIBusCount is the number of bus numbers the root bridge decodes.
+	PCIBusCount = 256
+)
+
+// PCIINTxGSI is the I/O APIC input that INTx pin (0 = INTA .. 3 = INTD) of the device
+// in slot on bus 0 is wired to, as the DSDT's _PRT says: GSIs 16-23, swizzled by slot
+// so that devices spread over them. Linux treats them as level-triggered, active low;
+// KVM's I/O APIC asserts a line on level 1 whatever its polarity.
+func PCIINTxGSI(slot, pin int) uint32 { return 16 + uint32((slot+pin)&7) }
+
+// dsdtTable builds the DSDT: \_SB.PCI0 (PNP0A03: bus 0-255, I/O 0-0xFFFF except the
+// config ports, MMIO [PCIHoleStart, IOAPICAddr), _PRT for 32 slots) and \_SB.COM1.
+func dsdtTable() []byte {
+	var prt [][]byte
+	for slot := range 32 {
+		for pin := range 4 {
+			prt = append(prt, amlPackageOf(amlInt(uint64(slot)<<16|0xffff), amlInt(uint64(pin)), amlInt(0), amlInt(uint64(PCIINTxGSI(slot, pin)))))
+		}
+	}
+	pci := amlDeviceOf("PCI0",
+		amlNamed("_HID", amlEISAID("PNP0A03")),
+		amlNamed("_UID", amlInt(0)),
+		amlNamed("_SEG", amlInt(0)),
+		amlNamed("_BBN", amlInt(0)),
+		amlNamed("_ADR", amlInt(0)),
+		amlNamed("_CRS", amlResources(
+			resWordAddr(resBus, 0, PCIBusCount-1),
+			resIO(0xcf8, 8),
+			resWordAddr(resIOSpc, 0, 0xcf7),
+			resWordAddr(resIOSpc, 0xd00, 0xffff),
+			resDWordMemory(PCIHoleStart, IOAPICAddr-1),
+		)),
+		amlNamed("_PRT", amlPackageOf(prt...)),
+	)
+	com1 := amlDeviceOf("COM1",
+		amlNamed("_HID", amlEISAID("PNP0501")),
+		amlNamed("_UID", amlInt(1)),
+		amlNamed("_CRS", amlResources(resIO(COM1Port, 8), resIRQ(COM1IRQ))),
+	)
+	t := sdt("DSDT", 2, 0)
+	t = append(t, amlScopeOf(`\_SB`, pci, com1)...)
+	return finish(t)
+}
+
 func fadt(dsdt uint64) []byte {
 	le := binary.LittleEndian
 	t := sdt("FACP", 6, fadtLen-36)
@@ -121,7 +171,7 @@ func writeACPI(m *memory.Memory, base, limit uint64, cpus int) (uint64, error) {
 		}
 		return a
 	}
-	dsdt := place(finish(sdt("DSDT", 2, 0)))
+	dsdt := place(dsdtTable())
 	fadtAddr := place(fadt(dsdt))
 	madtAddr := place(madt(cpus))
 
