@@ -99,13 +99,24 @@ const (
 func PCIINTxGSI(slot, pin int) uint32 { return 16 + uint32((slot+pin)&7) }
 
 // dsdtTable builds the DSDT: \_SB.PCI0 (PNP0A03: bus 0-255, I/O 0-0xFFFF except the
-// config ports, MMIO [PCIHoleStart, IOAPICAddr), _PRT for 32 slots) and \_SB.COM1.
-func dsdtTable() []byte {
+// config ports, MMIO [PCIHoleStart, IOAPICAddr) and mem64 if not empty, _PRT for 32
+// slots) and \_SB.COM1.
+func dsdtTable(mem64 memory.Range) []byte {
 	var prt [][]byte
 	for slot := range 32 {
 		for pin := range 4 {
 			prt = append(prt, amlPackageOf(amlInt(uint64(slot)<<16|0xffff), amlInt(uint64(pin)), amlInt(0), amlInt(uint64(PCIINTxGSI(slot, pin)))))
 		}
+	}
+	windows := [][]byte{
+		resWordAddr(resBus, 0, PCIBusCount-1),
+		resIO(0xcf8, 8),
+		resWordAddr(resIOSpc, 0, 0xcf7),
+		resWordAddr(resIOSpc, 0xd00, 0xffff),
+		resDWordMemory(PCIHoleStart, IOAPICAddr-1),
+	}
+	if mem64.Size != 0 {
+		windows = append(windows, resQWordMemory(mem64.GPA, mem64.End()-1))
 	}
 	pci := amlDeviceOf("PCI0",
 		amlNamed("_HID", amlEISAID("PNP0A03")),
@@ -113,13 +124,7 @@ func dsdtTable() []byte {
 		amlNamed("_SEG", amlInt(0)),
 		amlNamed("_BBN", amlInt(0)),
 		amlNamed("_ADR", amlInt(0)),
-		amlNamed("_CRS", amlResources(
-			resWordAddr(resBus, 0, PCIBusCount-1),
-			resIO(0xcf8, 8),
-			resWordAddr(resIOSpc, 0, 0xcf7),
-			resWordAddr(resIOSpc, 0xd00, 0xffff),
-			resDWordMemory(PCIHoleStart, IOAPICAddr-1),
-		)),
+		amlNamed("_CRS", amlResources(windows...)),
 		amlNamed("_PRT", amlPackageOf(prt...)),
 	)
 	com1 := amlDeviceOf("COM1",
@@ -153,7 +158,7 @@ func fadt(dsdt uint64) []byte {
 // writeACPI writes RSDP, XSDT, RSDT, FADT, MADT and an empty DSDT into [base, limit),
 // RSDP first (base must be 16-byte aligned inside 0xE0000-0xFFFFF so the kernel could
 // also find it by scanning). It returns the RSDP address.
-func writeACPI(m *memory.Memory, base, limit uint64, cpus int) (uint64, error) {
+func writeACPI(m *memory.Memory, base, limit uint64, cpus int, mem64 memory.Range) (uint64, error) {
 	if cpus < 1 || cpus > MaxCPUs {
 		return 0, fmt.Errorf("boot: %d CPUs; give 1 to %d", cpus, MaxCPUs)
 	}
@@ -171,7 +176,7 @@ func writeACPI(m *memory.Memory, base, limit uint64, cpus int) (uint64, error) {
 		}
 		return a
 	}
-	dsdt := place(dsdtTable())
+	dsdt := place(dsdtTable(mem64))
 	fadtAddr := place(fadt(dsdt))
 	madtAddr := place(madt(cpus))
 

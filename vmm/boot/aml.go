@@ -17,7 +17,6 @@ const (
 	amlByte      = 0x0a
 	amlWord      = 0x0b
 	amlDWord     = 0x0c
-	amlString    = 0x0d
 	amlScope     = 0x10
 	amlBuffer    = 0x11
 	amlPackage   = 0x12
@@ -80,10 +79,6 @@ func amlInt(v uint64) []byte {
 	default:
 		return binary.LittleEndian.AppendUint64([]byte{0x0e}, v)
 	}
-}
-
-func amlStr(s string) []byte {
-	return append(append([]byte{amlString}, s...), 0)
 }
 
 // amlEISAID compresses a PNP ID such as "PNP0A03" (three letters, four hex digits)
@@ -176,4 +171,15 @@ func resDWordMemory(lo, hi uint32) []byte {
 	d = le.AppendUint32(d, hi)
 	d = le.AppendUint32(d, 0)
 	return le.AppendUint32(d, hi-lo+1)
+}
+
+// resQWordMemory is a non-cacheable read-write producer memory window [lo, hi].
+func resQWordMemory(lo, hi uint64) []byte {
+	le := binary.LittleEndian
+	d := []byte{0x8a, 43, 0, resMemory, 0x0c, 0x01}
+	d = le.AppendUint64(d, 0)
+	d = le.AppendUint64(d, lo)
+	d = le.AppendUint64(d, hi)
+	d = le.AppendUint64(d, 0)
+	return le.AppendUint64(d, hi-lo+1)
 }

@@ -495,17 +495,17 @@ func checkACPI(t *testing.T, m *memory.Memory, rsdpAddr uint64, cpus int) {
 func TestACPICPUs(t *testing.T) {
 	for _, n := range []int{1, 3, 64, MaxCPUs} {
 		m := newMem(t, 64*mib)
-		_, err := writeACPI(m, ACPIAddr, ACPIEnd, n)
+		_, err := writeACPI(m, ACPIAddr, ACPIEnd, n, memory.Range{})
 		require.NoError(t, err)
 		checkACPI(t, m, ACPIAddr, n)
 	}
 	m := newMem(t, 64*mib)
 	for _, n := range []int{-1, MaxCPUs + 1} {
-		_, err := writeACPI(m, ACPIAddr, ACPIEnd, n)
+		_, err := writeACPI(m, ACPIAddr, ACPIEnd, n, memory.Range{})
 		assert.Error(t, err, "%d CPUs", n)
 	}
 	// Tables that do not fit their area are an error, not a write past it.
-	_, err := writeACPI(m, ACPIAddr, ACPIAddr+256, 8)
+	_, err := writeACPI(m, ACPIAddr, ACPIAddr+256, 8, memory.Range{})
 	assert.Error(t, err)
 }
 
@@ -607,6 +607,14 @@ func TestLoadLinuxErrors(t *testing.T) {
 
 	_, err = LoadLinux(m, LinuxConfig{Kernel: kernel, CPUs: 300})
 	assert.Error(t, err)
+
+	// A 64-bit PCI window over RAM, below 4 GiB, or past 2^48.
+	for _, w := range []memory.Range{{GPA: 1 * gib, Size: gib}, {GPA: 4 * gib, Size: gib}, {GPA: 1 << 48, Size: gib}, {GPA: ^uint64(0) - 10, Size: gib}} {
+		_, err = LoadLinux(newMem(t, 5*gib), LinuxConfig{Kernel: kernel, PCIMem64: w})
+		assert.ErrorContains(t, err, "64-bit PCI window", "%+v", w)
+	}
+	_, err = LoadLinux(newMem(t, 5*gib), LinuxConfig{Kernel: kernel, PCIMem64: memory.Range{GPA: 6 * gib, Size: gib}})
+	assert.NoError(t, err, "window right above high RAM")
 
 	// RAMSize larger than the memory given.
 	_, err = LoadLinux(m, LinuxConfig{Kernel: kernel, RAMSize: 256 * mib})

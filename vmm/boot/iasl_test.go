@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/ptvmm/ptvmm/vmm/memory"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -20,7 +21,8 @@ func TestACPIDisassembles(t *testing.T) {
 		t.Skip("iasl not installed (apt-get install acpica-tools) - skipping the ACPICA cross-check")
 	}
 	m := newMem(t, 256*mib)
-	_, err = LoadLinux(m, LinuxConfig{Kernel: fakeBzImage(defaultBz()), CPUs: 3})
+	_, err = LoadLinux(m, LinuxConfig{Kernel: fakeBzImage(defaultBz()), CPUs: 3,
+		PCIMem64: memory.Range{GPA: 64 << 30, Size: 64 << 30}})
 	require.NoError(t, err)
 	rsdp, err := m.Slice(ACPIAddr, 36)
 	require.NoError(t, err)
@@ -60,6 +62,7 @@ func TestACPIDisassembles(t *testing.T) {
 		"0x03F8", "IRQNoFlags ()\n", "{4}",
 		"0xC0000000", "0xFEBFFFFF",
 		"Package (0x04)", "_PRT", "0x001FFFFF",
+		"QWordMemory", "0x0000001000000000", "0x0000001FFFFFFFFF",
 	} {
 		assert.Contains(t, d, want)
 	}

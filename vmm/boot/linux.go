@@ -56,6 +56,9 @@ type LinuxConfig struct {
 	Cmdline string
 	CPUs    int    // number of vCPUs (one MADT Local APIC entry each); 0 means 1
 	RAMSize uint64 // guest RAM laid out by RAMRanges; 0: m.Size()
+	// PCIMem64, if not empty, is a second PCI memory window the DSDT declares for
+	// 64-bit BARs: above 4 GiB and above RAM, below 2^48.
+	PCIMem64 memory.Range
 }
 
 // E820Map is the memory map LoadLinux gives a guest with ramSize bytes of RAM.
@@ -171,7 +174,16 @@ func LoadLinux(m *memory.Memory, cfg LinuxConfig) (*Entry, error) {
 		le.PutUint32(zp[o+16:], e.Type)
 	}
 
-	rsdp, err := writeACPI(m, ACPIAddr, ACPIEnd, cpus)
+	if w := cfg.PCIMem64; w.Size != 0 {
+		ramEnd := uint64(HighRAMStart)
+		if ram > lowEnd {
+			ramEnd += ram - lowEnd
+		}
+		if w.GPA < ramEnd || w.End() < w.GPA || w.End() > 1<<48 {
+			return nil, fmt.Errorf("boot: 64-bit PCI window %#x+%#x must lie between the end of RAM %#x and 2^48", w.GPA, w.Size, ramEnd)
+		}
+	}
+	rsdp, err := writeACPI(m, ACPIAddr, ACPIEnd, cpus, cfg.PCIMem64)
 	if err != nil {
 		return nil, err
 	}
