@@ -214,6 +214,7 @@ func TestApplets(t *testing.T) {
 
 	dir := t.TempDir()
 	require.NoError(t, os.WriteFile(filepath.Join(dir, "f"), []byte("content\n"), 0o644))
+	require.NoError(t, os.Chmod(filepath.Join(dir, "f"), 0o644)) // whatever the umask
 	require.NoError(t, os.Mkdir(filepath.Join(dir, "d"), 0o755))
 	require.NoError(t, os.Symlink("f", filepath.Join(dir, "l")))
 

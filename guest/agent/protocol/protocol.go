@@ -80,13 +80,13 @@ func ParseExitStatus(line string) (int, bool) {
 // value when it has white space. The kernel cannot carry a double quote or a
 // line break inside a value, so those are an error.
 func CmdlineArg(key, value string) (string, error) {
-	if key == "" || strings.ContainsAny(key, " \t\n\"=") {
-		return "", fmt.Errorf("kernel command line key %q: must be non-empty without spaces, quotes or '='", key)
+	if key == "" || strings.ContainsAny(key, " \t\n\r\f\v\"=\x00") {
+		return "", fmt.Errorf("kernel command line key %q: must be non-empty without white space, quotes or '='", key)
 	}
-	if strings.ContainsAny(value, "\"\n\r") {
-		return "", fmt.Errorf("kernel command line value for %s: must not contain a double quote or line break; use single quotes or %s", key, CmdFile)
+	if strings.ContainsAny(value, "\"\n\r\x00") {
+		return "", fmt.Errorf("kernel command line value for %s: must not contain a double quote, line break or NUL; use single quotes or %s", key, CmdFile)
 	}
-	if value == "" || strings.ContainsAny(value, " \t") {
+	if value == "" || strings.ContainsAny(value, " \t\f\v") {
 		return key + "=\"" + value + "\"", nil
 	}
 	return key + "=" + value, nil

@@ -100,7 +100,7 @@ func TestCmdlineArg(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, `k=""`, s)
 
-	for _, bad := range [][2]string{{KeyCmd, `echo "x"`}, {KeyCmd, "a\nb"}, {"", "v"}, {"a b", "v"}, {"a=b", "v"}} {
+	for _, bad := range [][2]string{{KeyCmd, `echo "x"`}, {KeyCmd, "a\nb"}, {"", "v"}, {"a b", "v"}, {"a=b", "v"}, {"a\rb", "v"}, {"k", "a\x00b"}} {
 		_, err := CmdlineArg(bad[0], bad[1])
 		assert.Error(t, err, "%q=%q", bad[0], bad[1])
 	}
