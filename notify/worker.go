@@ -1,0 +1,308 @@
+package notify
+
+import (
+	"errors"
+	"fmt"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Mode is how a Worker waits for work.
+type Mode int
+
+const (
+	// Block sleeps in epoll_wait until an eventfd fires.
+	Block Mode = iota
+	// Poll never sleeps: it checks the eventfds (epoll_wait with timeout 0) and calls
+	// Config.Poll in a loop, burning its CPU for the lowest latency.
+	Poll
+	// Adaptive polls for Config.Spin after the last work found, then calls
+	// Config.Arm to re-enable notifications and blocks.
+	Adaptive
+)
+
+func (m Mode) String() string {
+	switch m {
+	case Block:
+		return "block"
+	case Poll:
+		return "poll"
+	case Adaptive:
+		return "adaptive"
+	}
+	return fmt.Sprintf("mode(%d)", int(m))
+}
+
+// DefaultSpin is the adaptive polling window when Config.Spin is zero.
+const DefaultSpin = 50 * time.Microsecond
+
+// Config describes a Worker. Every hook runs on the worker's own locked OS thread.
+type Config struct {
+	Name string
+	Mode Mode
+	// Spin bounds adaptive polling after the last work found (DefaultSpin if zero).
+	Spin time.Duration
+	// Handler runs when source src (the index Add returned) was signalled kicks > 0
+	// times since the last call. Required.
+	Handler func(src int, kicks uint64)
+	// Poll, if set, runs every polling iteration (Poll and Adaptive modes) and once after
+	// every wakeup in Block mode; it reports whether it found work without a kick (for
+	// example new slots published by a guest that was told not to kick).
+	Poll func() bool
+	// Arm, if set, runs in Adaptive mode before blocking: it re-enables notifications
+	// (asks the guest to kick again) and reports whether work appeared meanwhile, in
+	// which case the worker keeps polling instead of blocking.
+	Arm func() bool
+	// Disarm, if set, runs in Adaptive mode when the worker wakes from blocking and
+	// starts polling again (tell the guest kicks are not needed).
+	Disarm func()
+}
+
+// Stats are a Worker's counters. Each is monotonic.
+type Stats struct {
+	Wakeups    uint64 // times the worker found work after waiting (epoll or a poll hit)
+	Kicks      uint64 // sum of eventfd counts read from the sources
+	Interrupts uint64 // interrupts raised through Worker.Raise
+	Blocks     uint64 // times the worker went to sleep in epoll_wait
+}
+
+// Worker is the host-side equivalent of a netmap kthread: one goroutine locked to its
+// OS thread, waiting on its eventfds and running Config.Handler.
+//
+// Concurrency: Add is called before Start, from one goroutine. Start and Stop are
+// called once each. Stats may be called from any goroutine at any time. Raise is meant
+// for the handler but is safe from any goroutine.
+type Worker struct {
+	cfg     Config
+	srcs    []*EventFD
+	epfd    int
+	stopfd  *EventFD
+	stopped atomic.Bool
+	started bool
+	done    chan struct{}
+	err     error
+	once    sync.Once
+
+	wakeups, kicks, interrupts, blocks atomic.Uint64
+}
+
+// NewWorker validates cfg and creates the epoll instance.
+func NewWorker(cfg Config) (*Worker, error) {
+	if cfg.Handler == nil {
+		return nil, errors.New("notify: worker needs a Handler")
+	}
+	if cfg.Mode < Block || cfg.Mode > Adaptive {
+		return nil, fmt.Errorf("notify: worker %q: unknown mode %d", cfg.Name, cfg.Mode)
+	}
+	if cfg.Spin <= 0 {
+		cfg.Spin = DefaultSpin
+	}
+	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil, fmt.Errorf("notify: worker %q: epoll_create: %w", cfg.Name, err)
+	}
+	stop, err := NewEventFD()
+	if err != nil {
+		unix.Close(epfd)
+		return nil, err
+	}
+	w := &Worker{cfg: cfg, epfd: epfd, stopfd: stop, done: make(chan struct{})}
+	if err := w.watch(stop.FD(), -1); err != nil {
+		w.closeFDs()
+		return nil, err
+	}
+	return w, nil
+}
+
+func (w *Worker) watch(fd int, tag int32) error {
+	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: tag}
+	if err := unix.EpollCtl(w.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
+		return fmt.Errorf("notify: worker %q: epoll add fd %d: %w", w.cfg.Name, fd, err)
+	}
+	return nil
+}
+
+// Add makes e a source of the worker and returns its index for the Handler.
+// The worker does not own e.
+func (w *Worker) Add(e *EventFD) (int, error) {
+	if w.started {
+		return 0, fmt.Errorf("notify: worker %q: Add after Start", w.cfg.Name)
+	}
+	idx := len(w.srcs)
+	if err := w.watch(e.FD(), int32(idx)); err != nil {
+		return 0, err
+	}
+	w.srcs = append(w.srcs, e)
+	return idx, nil
+}
+
+// Start launches the worker goroutine.
+func (w *Worker) Start() {
+	w.started = true
+	go w.run()
+}
+
+// Stop asks the worker to finish, waits for it and releases its descriptors. It returns
+// the error that ended the loop, if any. Safe to call more than once.
+func (w *Worker) Stop() error {
+	w.once.Do(func() {
+		w.stopped.Store(true)
+		if w.started {
+			_ = w.stopfd.Signal()
+			<-w.done
+		}
+		w.closeFDs()
+	})
+	return w.err
+}
+
+func (w *Worker) closeFDs() {
+	unix.Close(w.epfd)
+	w.stopfd.Close()
+}
+
+// Stats returns a snapshot of the counters.
+func (w *Worker) Stats() Stats {
+	return Stats{
+		Wakeups:    w.wakeups.Load(),
+		Kicks:      w.kicks.Load(),
+		Interrupts: w.interrupts.Load(),
+		Blocks:     w.blocks.Load(),
+	}
+}
+
+// Raise fires an interrupt and counts it.
+func (w *Worker) Raise(i *Interrupt) error {
+	if err := i.Fire(); err != nil {
+		return err
+	}
+	w.interrupts.Add(1)
+	return nil
+}
+
+func (w *Worker) run() {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	defer close(w.done)
+	events := make([]unix.EpollEvent, len(w.srcs)+1)
+	var err error
+	switch w.cfg.Mode {
+	case Block:
+		err = w.runBlock(events)
+	case Poll:
+		err = w.runPoll(events)
+	case Adaptive:
+		err = w.runAdaptive(events)
+	}
+	w.err = err
+}
+
+// drain waits up to timeout ms (0: don't wait, -1: forever) and handles every source that
+// fired. It reports whether any kick was found and whether stop was requested.
+func (w *Worker) drain(events []unix.EpollEvent, timeout int) (work, stop bool, err error) {
+	n, err := unix.EpollWait(w.epfd, events, timeout)
+	if err == unix.EINTR {
+		return false, w.stopped.Load(), nil
+	}
+	if err != nil {
+		return false, true, fmt.Errorf("notify: worker %q: epoll_wait: %w", w.cfg.Name, err)
+	}
+	for _, ev := range events[:n] {
+		if ev.Fd < 0 {
+			stop = true
+			continue
+		}
+		k, err := w.srcs[ev.Fd].Read()
+		if err != nil {
+			return work, true, fmt.Errorf("notify: worker %q: source %d: %w", w.cfg.Name, ev.Fd, err)
+		}
+		if k == 0 {
+			continue
+		}
+		work = true
+		w.kicks.Add(k)
+		w.cfg.Handler(int(ev.Fd), k)
+	}
+	return work, stop || w.stopped.Load(), nil
+}
+
+func (w *Worker) poll() bool {
+	return w.cfg.Poll != nil && w.cfg.Poll()
+}
+
+func (w *Worker) runBlock(events []unix.EpollEvent) error {
+	for {
+		w.blocks.Add(1)
+		work, stop, err := w.drain(events, -1)
+		if err != nil || stop {
+			return err
+		}
+		if w.poll() {
+			work = true
+		}
+		if work {
+			w.wakeups.Add(1)
+		}
+	}
+}
+
+func (w *Worker) runPoll(events []unix.EpollEvent) error {
+	for {
+		work, stop, err := w.drain(events, 0)
+		if err != nil || stop {
+			return err
+		}
+		if w.poll() {
+			work = true
+		}
+		if work {
+			w.wakeups.Add(1)
+		}
+	}
+}
+
+func (w *Worker) runAdaptive(events []unix.EpollEvent) error {
+	last := time.Now()
+	for {
+		work, stop, err := w.drain(events, 0)
+		if err != nil || stop {
+			return err
+		}
+		if w.poll() {
+			work = true
+		}
+		if work {
+			w.wakeups.Add(1)
+			last = time.Now()
+			continue
+		}
+		if time.Since(last) < w.cfg.Spin {
+			continue
+		}
+		// Idle for a full window: ask for notifications, then sleep unless work
+		// slipped in between the last poll and arming.
+		if w.cfg.Arm != nil && w.cfg.Arm() {
+			last = time.Now()
+			continue
+		}
+		w.blocks.Add(1)
+		work, stop, err = w.drain(events, -1)
+		if err != nil || stop {
+			return err
+		}
+		if w.cfg.Disarm != nil {
+			w.cfg.Disarm()
+		}
+		if w.poll() {
+			work = true
+		}
+		if work {
+			w.wakeups.Add(1)
+		}
+		last = time.Now()
+	}
+}
