@@ -152,7 +152,7 @@ func parseConf(c *Conf, s string) error {
 		}
 		x, err := strconv.Atoi(v)
 		if err != nil || x < 0 {
-			return fmt.Errorf("@conf: %s=%q is not a non-negative number", k, v)
+			return fmt.Errorf("@conf: %q=%q is not a non-negative number", k, v)
 		}
 		rings := func() error {
 			if x < 1 || x > MaxRings {

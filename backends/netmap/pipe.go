@@ -57,11 +57,11 @@ func NewPipe(base, id string, cfg PortConfig) (master, slave *Port, err error) {
 func linkPipe(from, to *Port) {
 	l := &pipeLink{}
 	l.peer.Store(to.rx[0])
-	from.tx[0].SetSync(func(k *Kring, _ SyncFlags) error { return pipeTxSync(k, l) })
+	tk := from.tx[0]
+	tk.SetSync(func(k *Kring, _ SyncFlags) error { return pipeTxSync(k, l) })
 	// When the receiving end closes, stop delivering: taking the TX kring lock waits
 	// for a running sync to finish.
 	to.OnClose(func() {
-		tk := from.tx[0]
 		tk.mu.Lock()
 		l.peer.Store(nil)
 		tk.mu.Unlock()
