@@ -1,0 +1,303 @@
+package vale
+
+import (
+	"errors"
+	"fmt"
+	"runtime"
+	"sync"
+	"sync/atomic"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/ptvmm/ptvmm/backends"
+	"github.com/ptvmm/ptvmm/backends/netmap"
+)
+
+// BackendOptions configure AttachBackend. Zero values take the defaults.
+type BackendOptions struct {
+	// Slots per ring of the switch-side port (default netmap.DefaultSlots).
+	Slots int
+	// BufSize is the buffer size (default 2048). A frame the backend hands over that
+	// is longer is truncated by the backend's Recv (it counts those); raise it for
+	// backends carrying large (GSO) frames.
+	BufSize int
+	// Burst is the most frames moved per direction per Poll (default 256).
+	Burst int
+}
+
+// BackendStats count what a BackendPort could not pass on.
+type BackendStats struct {
+	SendDropped uint64 // frames from the switch the backend's Send did not take
+	SendErrors  uint64 // failed Send calls
+	RecvErrors  uint64 // failed Recv calls
+}
+
+// BackendPort attaches any backends.Port (a TAP, a netmap Endpoint, a test double) to
+// a switch. It is the user of a switch port's ring pair: frames from the backend's
+// Recv are received straight into TX slot buffers and forwarded by a TX sync; frames
+// the switch delivers are handed to the backend's Send from the RX ring. Frames the
+// backend does not take are dropped and counted (the switch never waits).
+//
+// Concurrency: Poll moves frames both ways once, without blocking; calls are
+// serialised by a mutex, so the backend sees at most one Send or Recv at a time.
+// Start runs Poll in a goroutine (locked to its OS thread) that sleeps in poll(2) on
+// the backend's ReadyFD and on an eventfd the RX ring's notify writes; with ReadyFD
+// -1 it polls the backend every millisecond. Close stops it. The backend stays open:
+// its owner closes it after Close.
+type BackendPort struct {
+	port     *Port
+	be       backends.Port
+	txk, rxk *netmap.Kring
+	tx, rx   *netmap.Ring
+	efd      int // RX notify eventfd
+	stopfd   int
+	burst    int
+
+	mu      sync.Mutex // one Poll at a time
+	bufs    [][]byte
+	lens    []int
+	out     [][]byte
+	scratch [][]byte // per-burst-index buffers for MOREFRAG frames
+
+	running   atomic.Bool
+	done      chan struct{}
+	closeOnce sync.Once
+
+	sendDropped, sendErrors, recvErrors atomic.Uint64
+}
+
+// AttachBackend creates a switch port named name (one ring pair) and connects be to
+// it. Call Start, or call Poll yourself when be's ReadyFD is readable or the port's
+// ReadyFD (see ReadyFD) is.
+func (s *Switch) AttachBackend(name string, be backends.Port, opt BackendOptions) (*BackendPort, error) {
+	if be == nil {
+		return nil, fmt.Errorf("vale: %s: attach backend %q: nil port", s.name, name)
+	}
+	if opt.Burst <= 0 {
+		opt.Burst = 256
+	}
+	p, err := s.NewPort(name, netmap.PortConfig{TxSlots: opt.Slots, RxSlots: opt.Slots, BufSize: opt.BufSize})
+	if err != nil {
+		return nil, err
+	}
+	np := p.Netmap()
+	b := &BackendPort{port: p, be: be, txk: np.TxRing(0), rxk: np.RxRing(0), burst: opt.Burst,
+		efd: -1, stopfd: -1, done: make(chan struct{})}
+	b.tx, b.rx = np.UserRing(b.txk), np.UserRing(b.rxk)
+	b.burst = min(b.burst, int(b.tx.NumSlots())-1, int(b.rx.NumSlots())-1)
+	if b.efd, err = unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC); err == nil {
+		b.stopfd, err = unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
+	}
+	if err != nil {
+		b.closeFDs()
+		p.Detach()
+		return nil, fmt.Errorf("vale: %s: attach backend %q: eventfd: %w", s.name, name, err)
+	}
+	b.bufs = make([][]byte, b.burst)
+	b.lens = make([]int, b.burst)
+	b.out = make([][]byte, 0, b.burst)
+	b.scratch = make([][]byte, b.burst)
+	b.rxk.SetNotify(b.wake)
+	return b, nil
+}
+
+func (b *BackendPort) wake() {
+	one := [8]byte{1}
+	_, _ = unix.Write(b.efd, one[:]) // EAGAIN: already readable
+}
+
+// Port is the switch port.
+func (b *BackendPort) Port() *Port { return b.port }
+
+// ReadyFD becomes readable when the switch delivered frames for the backend.
+func (b *BackendPort) ReadyFD() int { return b.efd }
+
+// Stats returns the adapter's counters.
+func (b *BackendPort) Stats() BackendStats {
+	return BackendStats{SendDropped: b.sendDropped.Load(), SendErrors: b.sendErrors.Load(), RecvErrors: b.recvErrors.Load()}
+}
+
+// Poll moves up to Burst frames from the backend into the switch and up to Burst
+// frames from the switch to the backend. It returns how many moved each way.
+func (b *BackendPort) Poll() (in, out int, err error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	in, err1 := b.ingress()
+	out, err2 := b.egress()
+	return in, out, errors.Join(err1, err2)
+}
+
+// ingress: backend Recv straight into TX slot buffers, then a TX sync forwards them.
+func (b *BackendPort) ingress() (int, error) {
+	r := b.tx
+	space := r.Space()
+	if space == 0 {
+		if err := b.txk.Sync(netmap.ForceReclaim); err != nil {
+			return 0, err
+		}
+		space = r.Space()
+	}
+	m := min(int(space), b.burst)
+	head := r.Head()
+	for i, pos := 0, head; i < m; i, pos = i+1, r.Next(pos) {
+		buf := r.SlotBuf(pos)
+		if buf == nil {
+			m = i // cannot happen with this adapter as the ring's only user
+			break
+		}
+		b.bufs[i] = buf
+	}
+	if m == 0 {
+		return 0, nil
+	}
+	n, err := b.be.Recv(b.bufs[:m], b.lens[:m])
+	clear(b.bufs[:m])
+	if err != nil {
+		b.recvErrors.Add(1)
+		err = fmt.Errorf("vale: %s:%s: backend recv: %w", b.port.sw.name, b.port.name, err)
+	}
+	n = min(max(n, 0), m)
+	if n == 0 {
+		return 0, err
+	}
+	pos := head
+	for i := 0; i < n; i++ {
+		s := r.Slot(pos)
+		s.Len, s.Flags = uint16(min(max(b.lens[i], 0), int(b.tx.BufSize()))), 0
+		r.SetSlot(pos, s)
+		pos = r.Next(pos)
+	}
+	r.SetHeadCur(pos, pos)
+	if serr := b.txk.Sync(0); serr != nil {
+		err = errors.Join(err, serr)
+	}
+	return n, err
+}
+
+// egress: frames the switch delivered go to the backend's Send, then back to the switch.
+func (b *BackendPort) egress() (int, error) {
+	var drain [8]byte
+	_, _ = unix.Read(b.efd, drain[:]) // reset readiness before looking
+	r := b.rx
+	if err := b.rxk.Sync(netmap.ForceRead); err != nil {
+		return 0, err
+	}
+	head, tail := r.Head(), r.Tail()
+	out := b.out[:0]
+	pos := head
+	for len(out) < b.burst && pos != tail {
+		s := r.Slot(pos)
+		buf := r.Buf(s.BufIdx)
+		if s.Flags&netmap.NSMoreFrag == 0 && buf != nil && int(s.Len) <= len(buf) {
+			out = append(out, buf[:s.Len])
+			pos = r.Next(pos)
+			continue
+		}
+		// A MOREFRAG chain: the switch delivers it whole, so it ends before tail.
+		sc := b.scratch[len(out)][:0]
+		for {
+			s = r.Slot(pos)
+			if buf = r.Buf(s.BufIdx); buf != nil && int(s.Len) <= len(buf) {
+				sc = append(sc, buf[:s.Len]...)
+			}
+			pos = r.Next(pos)
+			if s.Flags&netmap.NSMoreFrag == 0 || pos == tail {
+				break
+			}
+		}
+		b.scratch[len(out)] = sc
+		out = append(out, sc)
+	}
+	var err error
+	if len(out) > 0 {
+		n, serr := b.be.Send(out)
+		n = min(max(n, 0), len(out))
+		if serr != nil {
+			b.sendErrors.Add(1)
+			err = fmt.Errorf("vale: %s:%s: backend send: %w", b.port.sw.name, b.port.name, serr)
+		}
+		if n < len(out) {
+			b.sendDropped.Add(uint64(len(out) - n))
+		}
+	}
+	clear(out)
+	b.out = out[:0]
+	if pos != head {
+		r.SetHeadCur(pos, pos)
+		if serr := b.rxk.Sync(0); serr != nil {
+			err = errors.Join(err, serr)
+		}
+	}
+	if pos != tail {
+		b.wake() // more left than one burst: stay readable
+	}
+	return len(out), err
+}
+
+// Start runs the pump goroutine. Errors from the backend are counted in Stats and the
+// pump keeps going; it stops at Close.
+func (b *BackendPort) Start() error {
+	if !b.running.CompareAndSwap(false, true) {
+		return fmt.Errorf("vale: %s:%s: pump already started", b.port.sw.name, b.port.name)
+	}
+	go b.pump()
+	return nil
+}
+
+func (b *BackendPort) pump() {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	defer close(b.done)
+	fds := []unix.PollFd{{Fd: int32(b.stopfd), Events: unix.POLLIN}, {Fd: int32(b.efd), Events: unix.POLLIN}}
+	timeout := -1
+	if fd := b.be.ReadyFD(); fd >= 0 {
+		fds = append(fds, unix.PollFd{Fd: int32(fd), Events: unix.POLLIN})
+	} else {
+		timeout = 1 // ms: the backend has no readiness fd
+	}
+	for {
+		for {
+			in, out, _ := b.Poll()
+			if in == 0 && out == 0 {
+				break
+			}
+		}
+		for i := range fds {
+			fds[i].Revents = 0
+		}
+		if _, err := unix.Poll(fds, timeout); err != nil && err != unix.EINTR {
+			return
+		}
+		if fds[0].Revents != 0 {
+			return
+		}
+	}
+}
+
+// Close stops the pump, detaches the port from the switch and releases it. The
+// backend is not closed.
+func (b *BackendPort) Close() error {
+	var err error
+	b.closeOnce.Do(func() {
+		if b.running.Load() {
+			one := [8]byte{1}
+			_, _ = unix.Write(b.stopfd, one[:])
+			<-b.done
+		}
+		b.rxk.SetNotify(nil)
+		b.mu.Lock()
+		err = b.port.Detach()
+		b.mu.Unlock()
+		b.closeFDs()
+	})
+	return err
+}
+
+func (b *BackendPort) closeFDs() {
+	for _, fd := range []*int{&b.efd, &b.stopfd} {
+		if *fd >= 0 {
+			unix.Close(*fd)
+			*fd = -1
+		}
+	}
+}
