@@ -269,6 +269,28 @@ func TestApplets(t *testing.T) {
 	assert.Contains(t, out, "sleep")
 }
 
+func TestKill(t *testing.T) {
+	sleep, err := exec.LookPath("sleep")
+	if err != nil {
+		t.Skip("no sleep binary to kill")
+	}
+	cmd := exec.Command(sleep, "60")
+	require.NoError(t, cmd.Start())
+	st, _, errs := run(t, "", "ptvmm-agent", "kill", "-9", fmt.Sprint(cmd.Process.Pid))
+	assert.Equal(t, 0, st, errs)
+	var ws unix.WaitStatus
+	_, err = unix.Wait4(cmd.Process.Pid, &ws, 0, nil)
+	require.NoError(t, err)
+	assert.Equal(t, 128+9, waitStatus(ws))
+
+	for _, bad := range [][]string{{}, {"-x", "1"}, {"-99", "1"}, {"-9"}} {
+		st, _, _ := run(t, "", append([]string{"ptvmm-agent", "kill"}, bad...)...)
+		assert.Equal(t, 2, st, "%q", bad)
+	}
+	st, _, _ = run(t, "", "ptvmm-agent", "kill", "notapid")
+	assert.Equal(t, 1, st)
+}
+
 func TestParseSleep(t *testing.T) {
 	for in, want := range map[string]time.Duration{"1": time.Second, "0.5": 500 * time.Millisecond, "150ms": 150 * time.Millisecond, "0": 0} {
 		d, err := parseSleep(in)

@@ -42,6 +42,7 @@ func init() {
 		"nproc": {"nproc", runNproc},
 		"sleep": {"sleep seconds|duration", runSleep},
 		"kvm":   {"kvm (print the /dev/kvm API version)", runKVM},
+		"kill":  {"kill [-signum] pid...", runKill},
 		"help":  {"help", runHelp},
 	}
 }
@@ -277,4 +278,32 @@ func runKVM(_ []string, s stdio) int {
 	}
 	fmt.Fprintf(s.out, "kvm: API version %d\n", v)
 	return 0
+}
+
+func runKill(args []string, s stdio) int {
+	sig := unix.SIGTERM
+	if len(args) > 0 && strings.HasPrefix(args[0], "-") {
+		n, err := strconv.Atoi(args[0][1:])
+		if err != nil || n < 0 || n > 64 {
+			fmt.Fprintf(s.err, "kill: signal %q: want a number 0..64\n", args[0])
+			return 2
+		}
+		sig, args = unix.Signal(n), args[1:]
+	}
+	if len(args) == 0 {
+		fmt.Fprintln(s.err, "usage: kill [-signum] pid...")
+		return 2
+	}
+	status := 0
+	for _, a := range args {
+		pid, err := strconv.Atoi(a)
+		if err == nil {
+			err = unix.Kill(pid, sig)
+		}
+		if err != nil {
+			fmt.Fprintf(s.err, "kill %s: %v\n", a, err)
+			status = 1
+		}
+	}
+	return status
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"os/signal"
 	"strconv"
 	"strings"
 	"time"
@@ -43,6 +44,7 @@ func sayError(err error) {
 // runInit is PID 1. It never returns.
 func runInit() {
 	setupConsole()
+	ignoreSignals()
 	cl := protocol.Cmdline(nil)
 	reboot := unix.LINUX_REBOOT_CMD_RESTART
 	defer func() {
@@ -109,6 +111,19 @@ func runInit() {
 		}
 	}
 	say("%s", protocol.ExitStatusLine(status))
+}
+
+// ignoreSignals catches the signals whose Go default would end the process:
+// PID 1 must not exit. They are caught rather than set to SIG_IGN so that
+// commands start with default dispositions.
+func ignoreSignals() {
+	c := make(chan os.Signal, 16)
+	signal.Notify(c, unix.SIGTERM, unix.SIGINT, unix.SIGHUP, unix.SIGQUIT,
+		unix.SIGUSR1, unix.SIGUSR2, unix.SIGPWR, unix.SIGPIPE, unix.SIGALRM)
+	go func() {
+		for range c {
+		}
+	}()
 }
 
 // setupConsole makes sure fds 0-2 are the console. The kernel opens

@@ -87,6 +87,9 @@ func TestAgentBootsLinux(t *testing.T) {
 			{Host: filepath.Join(kdir, "modules", "kvm-amd.ko"), Guest: protocol.ModuleDir + "/kvm-amd.ko"},
 		},
 		Cmd: strings.Join([]string{
+			"ptvmm-agent kill -15 1", // PID 1 survives signals
+			"ptvmm-agent kill -3 1",
+			"ptvmm-agent kill -2 1",
 			`ptvmm-agent echo "hello from" the\ guest`,
 			"ptvmm-agent cat /ptvmm/data/payload",
 			"/bin/sh -c 'ptvmm-agent echo no shell needed'",
