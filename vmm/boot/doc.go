@@ -21,8 +21,9 @@
 //	        identity map of the first 4 GiB with 2 MiB pages
 //	0x20000 command line, NUL-terminated (up to 64 KiB, and cmdline_size)
 //	0x9FC00-0xFFFFF reserved in e820 (EBDA, VGA, BIOS); ACPI tables live there:
-//	0xE0000 RSDP (revision 2), then DSDT (empty), FADT (revision 6, HW-reduced,
-//	        SCI IRQ 9, reset register = port 0x64 value 0xFE), MADT, XSDT, RSDT
+//	0xE0000 RSDP (revision 2), then DSDT, FADT (revision 6, HW-reduced, SCI IRQ 9,
+//	        reset register = port 0x64 value 0xFE, no VGA, no CMOS RTC, no 8042),
+//	        MADT, XSDT, RSDT
 //	0x100000 protected-mode kernel (entry at 0x100200, the 64-bit entry point)
 //	        initrd: page-aligned, as high as possible below min(initrd_addr_max,
 //	        end of RAM below the hole) and above the kernel's init_size area
@@ -31,6 +32,13 @@
 // 4 GiB. boot_params.acpi_rsdp_addr points at the RSDP so the kernel does not scan.
 // The MADT lists one enabled local APIC per vCPU (APIC ID = vCPU index), the I/O APIC
 // (ID 0, GSI base 0), and overrides IRQ0 -> GSI 2 and IRQ9 (SCI) level/active-high.
+//
+// With a hardware-reduced FADT Linux sets up no legacy PIC or PIT and maps no ISA IRQs
+// by default, and with ACPI on it finds PCI only through a PNP0A03 device. So the DSDT
+// declares \_SB.PCI0 (buses 0-255, I/O windows 0-0xCF7 and 0xD00-0xFFFF, memory window
+// [PCIHoleStart, IOAPICAddr) plus LinuxConfig.PCIMem64 if set, and a _PRT wiring INTx of
+// every slot to GSIs 16-23, see PCIINTxGSI) and \_SB.COM1 (PNP0501, 0x3F8, IRQ 4). The
+// timer is the local APIC's (TSC-deadline or calibrated against kvmclock's TSC).
 //
 // # Micro guest layout (LoadMicro)
 //
@@ -44,4 +52,9 @@
 //	0x10000 code (entry point), at most 0x70000 bytes
 //	0x80000-0xFFFFF user stack (RSP = 0x100000 at entry)
 //	0x100000 data area up to the end of the first RAM range (RSI at entry)
+//
+// Interrupt delivery through this IDT (INT n from CPL3 into a CPL0 handler, stack
+// switch through TSS.RSP0, IRETQ back) works on hardware-style KVM. A software KVM
+// such as PVM does not deliver events through a guest IDT: INT n at CPL3 ends in a
+// shutdown and at CPL0 in an emulation failure, so interrupt tests need the former.
 package boot
