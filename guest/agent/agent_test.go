@@ -77,6 +77,16 @@ func TestResolveModule(t *testing.T) {
 	}
 }
 
+func TestCmdlineModuleParams(t *testing.T) {
+	cl := protocol.ParseCmdline(`kvm_amd.nested=1 kvm-amd.avic ptvmm.cmd="x" kvm.halt_poll_ns=0 kvm_amd.x="a b" kvm_amd. kvm_amdx.y=1 kvm_amd`)
+	assert.Equal(t, `nested=1 avic x="a b"`, cmdlineModuleParams(cl, "kvm_amd"))
+	assert.Equal(t, "halt_poll_ns=0", cmdlineModuleParams(cl, "kvm"))
+	assert.Equal(t, "", cmdlineModuleParams(cl, "virtio_net"))
+	assert.Equal(t, "a b", joinParams("a", "b"))
+	assert.Equal(t, "a", joinParams("a", ""))
+	assert.Equal(t, "b", joinParams("", "b"))
+}
+
 func TestIsCompressedModule(t *testing.T) {
 	assert.False(t, isCompressedModule("/a/kvm.ko"))
 	assert.True(t, isCompressedModule("/a/kvm.ko.xz"))

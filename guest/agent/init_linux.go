@@ -171,7 +171,7 @@ func loadModules(cl protocol.Cmdline) {
 	for _, m := range moduleList(string(file), v) {
 		p, err := resolveModule(root, protocol.ModuleDir, m.Name)
 		if err == nil {
-			err = loadModule(p, m.Params)
+			err = loadModule(p, joinParams(m.Params, cmdlineModuleParams(cl, canonicalModule(p))))
 		}
 		// A failed module is reported but the command still runs, so that a
 		// test can say what it misses (no /dev/kvm) instead of just stopping.

@@ -5,6 +5,8 @@ import (
 	"io/fs"
 	"path"
 	"strings"
+
+	"github.com/ptvmm/ptvmm/guest/agent/protocol"
 )
 
 // moduleRef is a module to load: a name as written in the module list and
@@ -127,4 +129,37 @@ func swapDashes(name string) string {
 // (finit_module's MODULE_INIT_COMPRESSED_FILE).
 func isCompressedModule(p string) bool {
 	return strings.HasSuffix(p, ".xz") || strings.HasSuffix(p, ".zst") || strings.HasSuffix(p, ".gz")
+}
+
+// cmdlineModuleParams collects module parameters given on the kernel command
+// line as <module>.<param>=<value> for the module canonical, as modprobe
+// does: the kernel applies those only to built-in code.
+func cmdlineModuleParams(cl protocol.Cmdline, canonical string) string {
+	var out []string
+	for _, p := range cl {
+		mod, param, ok := strings.Cut(p.Key, ".")
+		if !ok || param == "" || canonicalModule(mod) != canonical {
+			continue
+		}
+		switch {
+		case !p.HasValue:
+			out = append(out, param)
+		case strings.ContainsAny(p.Value, " \t"):
+			out = append(out, param+`="`+p.Value+`"`)
+		default:
+			out = append(out, param+"="+p.Value)
+		}
+	}
+	return strings.Join(out, " ")
+}
+
+// joinParams joins module parameter strings, skipping empty ones.
+func joinParams(a, b string) string {
+	switch {
+	case a == "":
+		return b
+	case b == "":
+		return a
+	}
+	return a + " " + b
 }

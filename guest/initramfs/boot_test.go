@@ -94,6 +94,7 @@ func TestAgentBootsLinux(t *testing.T) {
 			"ptvmm-agent cat /ptvmm/data/payload",
 			"/bin/sh -c 'ptvmm-agent echo no shell needed'",
 			"ptvmm-agent kvm",
+			"ptvmm-agent cat /sys/module/kvm_amd/parameters/nested",
 			"ptvmm-agent echo $PTVMM_X",
 			"ptvmm-agent exit 7",
 			"ptvmm-agent echo not reached",
@@ -107,7 +108,7 @@ func TestAgentBootsLinux(t *testing.T) {
 	mod, err := protocol.CmdlineArg(protocol.KeyModules, "kvm_amd")
 	require.NoError(t, err)
 	out := bootQEMU(t, filepath.Join(kdir, "vmlinuz"), initrd,
-		"console=ttyS0 reboot=k panic=-1 quiet "+mod)
+		"console=ttyS0 reboot=k panic=-1 quiet kvm-amd.nested=0 "+mod)
 	t.Logf("console:\n%s", out)
 
 	var lines []string
@@ -127,7 +128,7 @@ func TestAgentBootsLinux(t *testing.T) {
 	require.GreaterOrEqual(t, ready, 0, "no ready line")
 	assert.NotContains(t, out, protocol.ErrorPrefix)
 	prev := ready
-	for _, want := range []string{"hello from the guest", "payload", "no shell needed", "kvm: API version 12", "$PTVMM_X", protocol.ExitStatusLine(7)} {
+	for _, want := range []string{"hello from the guest", "payload", "no shell needed", "kvm: API version 12", "0", "$PTVMM_X", protocol.ExitStatusLine(7)} {
 		i := idx(want)
 		if assert.GreaterOrEqual(t, i, 0, "missing %q", want) {
 			assert.Greater(t, i, prev, "%q out of order", want)
