@@ -25,6 +25,10 @@ type Endpoint struct {
 	rxk    *Kring
 	tx, rx *Ring
 	efd    int
+	ends   []int // Send scratch
+	// armed: the eventfd is empty and the next RX advance must write it. Producers
+	// write only on the armed->disarmed edge, so a burst costs one syscall.
+	armed atomic.Bool
 
 	truncated atomic.Uint64
 }
@@ -38,11 +42,15 @@ func NewEndpoint(p *Port, own bool) (*Endpoint, error) {
 	e := &Endpoint{p: p, own: own, txk: p.tx[0], rxk: p.rx[0], efd: efd}
 	e.tx = p.UserRing(e.txk)
 	e.rx = p.UserRing(e.rxk)
+	e.armed.Store(true)
 	e.rxk.SetNotify(e.wake)
 	return e, nil
 }
 
 func (e *Endpoint) wake() {
+	if !e.armed.Swap(false) {
+		return // already signalled
+	}
 	var one = [8]byte{1}
 	_, _ = unix.Write(e.efd, one[:]) // EAGAIN means already readable
 }
@@ -56,28 +64,30 @@ func (e *Endpoint) Port() *Port { return e.p }
 // Truncated counts received frames cut to the caller's buffer size.
 func (e *Endpoint) Truncated() uint64 { return e.truncated.Load() }
 
-// Send writes frames into free TX slots, then runs a txsync. It stops at the first
-// frame that does not fit (after one reclaiming sync).
+// Send writes frames into free TX slots and runs a txsync. It returns how many frames
+// the port took; frames it could not take now (ring or peer full) are taken back from
+// the ring, so nothing stays queued behind the caller's back.
 func (e *Endpoint) Send(frames [][]byte) (int, error) {
 	r := e.tx
 	bs := int(r.BufSize())
 	head := r.Head()
 	space := r.Space()
 	synced := false
-	sent := 0
+	written := 0       // slots written in this call
+	ends := e.ends[:0] // cumulative slot count at the end of each frame
 	for _, f := range frames {
-		need := uint32(max(1, (len(f)+bs-1)/bs))
-		if need > space && !synced {
+		need := max(1, (len(f)+bs-1)/bs)
+		if uint32(need) > space && !synced {
 			r.SetHeadCur(head, head)
 			if err := e.txk.Sync(ForceReclaim); err != nil && !errors.Is(err, ErrRingReinit) {
-				return sent, err
+				return 0, err
 			}
 			synced = true
 			head, space = r.Head(), r.Space()
 		}
-		if need > space {
-			if need > r.NumSlots()-1 {
-				return sent, fmt.Errorf("netmap: %s: frame of %d bytes needs more than %d slots", e.p.name, len(f), r.NumSlots()-1)
+		if uint32(need) > space {
+			if uint32(need) > r.NumSlots()-1 && len(ends) == 0 {
+				return 0, fmt.Errorf("netmap: %s: frame of %d bytes needs more than %d slots", e.p.name, len(f), r.NumSlots()-1)
 			}
 			break
 		}
@@ -86,7 +96,7 @@ func (e *Endpoint) Send(frames [][]byte) (int, error) {
 			b := r.Buf(s.BufIdx)
 			n := min(bs, len(f)-off)
 			if b == nil {
-				return sent, fmt.Errorf("netmap: %s: tx slot %d has bad buffer %d", e.p.name, head, s.BufIdx)
+				return 0, fmt.Errorf("netmap: %s: tx slot %d has bad buffer %d", e.p.name, head, s.BufIdx)
 			}
 			copy(b, f[off:off+n])
 			off += n
@@ -100,20 +110,31 @@ func (e *Endpoint) Send(frames [][]byte) (int, error) {
 				break
 			}
 		}
-		space -= need
-		sent++
+		space -= uint32(need)
+		written += need
+		ends = append(ends, written)
 	}
+	e.ends = ends
 	r.SetHeadCur(head, head)
 	if err := e.txk.Sync(0); err != nil {
-		return sent, err
+		return 0, err
+	}
+	done := written - int(e.txk.TxRetract())
+	sent := 0
+	for sent < len(ends) && ends[sent] <= done {
+		sent++
 	}
 	return sent, nil
 }
 
 // Recv runs an rxsync and copies complete frames into bufs, then releases their slots.
 func (e *Endpoint) Recv(bufs [][]byte, lens []int) (int, error) {
-	var drain [8]byte
-	_, _ = unix.Read(e.efd, drain[:]) // reset readiness before looking
+	if !e.armed.Load() {
+		var drain [8]byte
+		_, _ = unix.Read(e.efd, drain[:])
+	}
+	// Re-arm before looking at the ring: an advance after this point signals again.
+	e.armed.Store(true)
 	r := e.rx
 	if err := e.rxk.Sync(ForceRead); err != nil {
 		return 0, err

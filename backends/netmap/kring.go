@@ -384,6 +384,24 @@ func (k *Kring) TxDone(next uint32) {
 	k.hwtail = k.prev(next)
 }
 
+// TxRetract takes back the TX slots the ring's user gave but the backend has not
+// consumed ([hwcur, rhead), e.g. frames a full pipe peer could not take): rhead and
+// rcur return to hwcur and, in the ring header, head and cur too. It returns how many
+// slots were taken back. For a user that would rather drop or retry frames itself than
+// leave them queued until its next sync.
+func (k *Kring) TxRetract() uint32 {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.dir != TX {
+		return 0
+	}
+	n := k.dist(k.hwcur, k.rhead)
+	k.rhead, k.rcur = k.hwcur, k.hwcur
+	store32(k.mem, k.off+RingCurOff, k.hwcur)
+	store32(k.mem, k.off+RingHeadOff, k.hwcur)
+	return n
+}
+
 // Lease is a run of RX slots reserved for filling outside the kring lock.
 type Lease struct {
 	Start uint32 // first slot

@@ -1,0 +1,130 @@
+package netmap
+
+import (
+	"bytes"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+func readable(t *testing.T, fd int) bool {
+	t.Helper()
+	fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+	n, err := unix.Poll(fds, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n == 1
+}
+
+func TestEndpointOverPipe(t *testing.T) {
+	m, s, err := NewPipe("ep", "0", PortConfig{TxSlots: 64, BufSize: 256})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := NewEndpoint(m, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	b, err := NewEndpoint(s, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if b.Name() != "ep}0" {
+		t.Errorf("name %q", b.Name())
+	}
+	if readable(t, b.ReadyFD()) {
+		t.Fatal("ready before anything was sent")
+	}
+	// 60 B, exactly one buffer, and 1000 B spanning 4 buffers of 256.
+	frames := [][]byte{bytes.Repeat([]byte{1}, 60), bytes.Repeat([]byte{2}, 256), bytes.Repeat([]byte{3}, 1000)}
+	frames[2][999] = 0x99
+	n, err := a.Send(frames)
+	if err != nil || n != 3 {
+		t.Fatalf("send %d, %v", n, err)
+	}
+	if !readable(t, b.ReadyFD()) {
+		t.Fatal("ReadyFD not readable after send")
+	}
+	bufs := make([][]byte, 4)
+	for i := range bufs {
+		bufs[i] = make([]byte, 1500)
+	}
+	lens := make([]int, 4)
+	n, err = b.Recv(bufs, lens)
+	if err != nil || n != 3 {
+		t.Fatalf("recv %d, %v", n, err)
+	}
+	for i, f := range frames {
+		if !bytes.Equal(bufs[i][:lens[i]], f) {
+			t.Errorf("frame %d: got %d bytes, want %d", i, lens[i], len(f))
+		}
+	}
+	if readable(t, b.ReadyFD()) {
+		t.Error("still ready after everything was received")
+	}
+	// The other way, with a receive buffer too small: truncated and counted.
+	if n, err := b.Send([][]byte{bytes.Repeat([]byte{7}, 300)}); n != 1 || err != nil {
+		t.Fatalf("send back %d %v", n, err)
+	}
+	small := [][]byte{make([]byte, 100)}
+	if n, err := a.Recv(small, lens[:1]); n != 1 || err != nil || lens[0] != 100 || a.Truncated() != 1 {
+		t.Fatalf("truncating recv: n %d len %d truncated %d err %v", n, lens[0], a.Truncated(), err)
+	}
+}
+
+// Send takes what fits and reports it; the receiver frees room and the rest goes.
+func TestEndpointFull(t *testing.T) {
+	m, s, err := NewPipe("full", "0", PortConfig{TxSlots: 8})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, _ := NewEndpoint(m, true)
+	defer a.Close()
+	b, _ := NewEndpoint(s, true)
+	defer b.Close()
+	frames := make([][]byte, 20)
+	for i := range frames {
+		frames[i] = []byte{byte(i), 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}
+	}
+	sent := 0
+	bufs := [][]byte{make([]byte, 64), make([]byte, 64), make([]byte, 64)}
+	lens := make([]int, 3)
+	var got []byte
+	for round := 0; sent < len(frames) && round < 100; round++ {
+		n, err := a.Send(frames[sent:])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n > 14 {
+			t.Fatalf("sent %d frames into 7+7 slots", n)
+		}
+		sent += n
+		r, err := b.Recv(bufs, lens)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := 0; i < r; i++ {
+			got = append(got, bufs[i][0])
+		}
+	}
+	for {
+		r, _ := b.Recv(bufs, lens)
+		if r == 0 {
+			break
+		}
+		for i := 0; i < r; i++ {
+			got = append(got, bufs[i][0])
+		}
+	}
+	if len(got) != 20 {
+		t.Fatalf("received %d frames, want 20", len(got))
+	}
+	for i, v := range got {
+		if int(v) != i {
+			t.Fatalf("frame %d is %d: order lost", i, v)
+		}
+	}
+}
