@@ -23,6 +23,9 @@ import (
 // bootTimeout bounds one inner guest boot; vmrun is killed after it.
 const bootTimeout = 4 * time.Minute
 
+// failHint prefixes a failure's console dump.
+var failHint = "(the guest kernel log is quiet; make e2e E2E_FLAGS=-guestlog keeps it)\n"
+
 // requireAssets skips unless `make e2e` prepared the guest kernel,
 // initramfs and vmrun.
 func requireAssets(t *testing.T) string {
@@ -120,7 +123,7 @@ func bootGuest(t *testing.T, dir, guestCmd string) bootResult {
 	<-done
 	res := bootResult{console: c, elapsed: time.Since(c.start)}
 	if ctx.Err() != nil {
-		t.Fatalf("vmrun did not finish within %s (killed); last console lines:\n%s", bootTimeout, c.tail(40))
+		t.Fatalf("vmrun did not finish within %s (killed); %slast console lines:\n%s", bootTimeout, failHint, c.tail(40))
 	}
 	var ee *exec.ExitError
 	switch {
@@ -128,7 +131,7 @@ func bootGuest(t *testing.T, dir, guestCmd string) bootResult {
 	case errors.As(err, &ee) && ee.ExitCode() >= 0:
 		res.status = ee.ExitCode()
 	default:
-		t.Fatalf("vmrun: %v; last console lines:\n%s", err, c.tail(40))
+		t.Fatalf("vmrun: %v; %slast console lines:\n%s", err, failHint, c.tail(40))
 	}
 	t.Logf("inner guest: first console line %.2fs, agent ready %.2fs, vmrun exit %.2fs after start",
 		c.first.Seconds(), c.ready.Seconds(), res.elapsed.Seconds())
@@ -155,7 +158,7 @@ func TestLinuxBoot(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			res := bootGuest(t, dir, c.cmd)
 			out := res.console.text()
-			fail := func() string { return "last console lines:\n" + res.console.tail(40) }
+			fail := func() string { return failHint + "last console lines:\n" + res.console.tail(40) }
 			require.Contains(t, out, testhost.ReadyLine, fail())
 			if c.output != "" {
 				assert.True(t, res.console.hasLine(c.output), "no console line %q; %s", c.output, fail())

@@ -119,12 +119,12 @@ func (a *Assets) TestHostModules() ([]string, error) { return a.Kernel.Modules("
 // modules in its load list, cmd as the agent's command, and the assets
 // (the kernel cache, the guest initramfs, vmrun, the test binary) under
 // TestHostAssets.
-func (a *Assets) WriteTestHostInitramfs(path, cmd string) error {
+func (a *Assets) WriteTestHostInitramfs(path, cmd string, env []string) error {
 	mods, err := a.TestHostModules()
 	if err != nil {
 		return err
 	}
-	spec := initramfs.Spec{Init: a.Init, Cmd: cmd}
+	spec := initramfs.Spec{Init: a.Init, Cmd: cmd, Env: env}
 	for _, m := range mods {
 		spec.Modules = append(spec.Modules, a.Kernel.ModulePath(m))
 	}
@@ -182,14 +182,28 @@ func Cmdline() string {
 	return "console=ttyS0 quiet panic=-1 reboot=k " + CmdlineMarker
 }
 
-// VMRunArgs is the vmrun command line that boots the inner guest from the
-// assets in dir with the agent running cmd; extra are more kernel
-// command line words (e.g. from GuestModuleArg).
-func VMRunArgs(vmrun, dir, cmd string, extra ...string) []string {
-	app := append([]string{"console=ttyS0", "reboot=k", "panic=-1"}, extra...)
+// GuestLogEnv, when set in the environment of the e2e tests, keeps the
+// inner guest's kernel log (no "quiet"); the runner's -guestlog sets it.
+// Every console byte is a VM exit, so the log costs seconds under TCG.
+const GuestLogEnv = "PTVMM_E2E_GUEST_LOG"
+
+// GuestCmdline is the inner guest's kernel command line: the agent runs cmd;
+// extra are more words (e.g. from GuestModuleArg).
+func GuestCmdline(cmd string, extra ...string) string {
+	app := []string{"console=ttyS0", "reboot=k", "panic=-1"}
+	if os.Getenv(GuestLogEnv) == "" {
+		app = append(app, "quiet")
+	}
+	app = append(app, extra...)
 	app = append(app, fmt.Sprintf(`ptvmm.cmd="%s"`, cmd))
+	return strings.Join(app, " ")
+}
+
+// VMRunArgs is the vmrun command line that boots the inner guest from the
+// assets in dir with the agent running cmd (see GuestCmdline).
+func VMRunArgs(vmrun, dir, cmd string, extra ...string) []string {
 	return []string{vmrun,
 		"-kernel", filepath.Join(dir, AssetKernelDir, "vmlinuz"),
 		"-initrd", filepath.Join(dir, AssetGuestInit),
-		"-append", strings.Join(app, " ")}
+		"-append", GuestCmdline(cmd, extra...)}
 }

@@ -101,3 +101,11 @@ func TestVMRunArgs(t *testing.T) {
 	assert.Contains(t, last, "ptvmm.modules=a,b")
 	assert.True(t, strings.HasSuffix(last, `ptvmm.cmd="/bin/ptvmm-agent exit 7"`), last)
 }
+
+func TestGuestCmdlineQuiet(t *testing.T) {
+	t.Setenv(GuestLogEnv, "")
+	assert.Contains(t, strings.Fields(GuestCmdline("x")), "quiet")
+	t.Setenv(GuestLogEnv, "1")
+	assert.NotContains(t, strings.Fields(GuestCmdline("x")), "quiet")
+	assert.Contains(t, GuestCmdline("a b"), `ptvmm.cmd="a b"`)
+}

@@ -32,6 +32,7 @@ func main() {
 		demo    = flag.Bool("demo", false, "boot the guest and show its console instead of running tests")
 		command = flag.String("cmd", "", "run this command in the test host instead of the tests (debugging)")
 		keep    = flag.Bool("keep", false, "keep the work directory")
+		glog    = flag.Bool("guestlog", false, "keep the inner guest's kernel log on its console (slower)")
 		mem     = flag.Int("mem", 4096, "test host memory in MiB")
 		cpus    = flag.Int("smp", 2, "test host vCPUs")
 	)
@@ -68,6 +69,10 @@ func main() {
 	})
 	check(err)
 
+	var env []string
+	if *glog {
+		env = append(env, testhost.GuestLogEnv+"=1")
+	}
 	var guestCmd string
 	switch {
 	case *demo:
@@ -77,9 +82,9 @@ func main() {
 	}
 	var code int
 	if direct {
-		code = runDirect(ctx, a, *run, guestCmd, *timeout)
+		code = runDirect(ctx, a, *run, guestCmd, env, *timeout)
 	} else {
-		code = runQEMU(ctx, a, *run, guestCmd, *timeout, *mem, *cpus)
+		code = runQEMU(ctx, a, *run, guestCmd, env, *timeout, *mem, *cpus)
 	}
 	fmt.Printf("testhost: total wall time %.1fs\n", time.Since(start).Seconds())
 	if !*keep {
@@ -111,7 +116,7 @@ func shellJoin(args []string) string {
 	return strings.Join(q, " ")
 }
 
-func runDirect(ctx context.Context, a *testhost.Assets, run, guestCmd string, timeout time.Duration) int {
+func runDirect(ctx context.Context, a *testhost.Assets, run, guestCmd string, env []string, timeout time.Duration) int {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	var cmd *exec.Cmd
@@ -125,7 +130,7 @@ func runDirect(ctx context.Context, a *testhost.Assets, run, guestCmd string, ti
 		cmd = exec.CommandContext(ctx, "go", append(args, "./e2e")...)
 		cmd.Dir = a.Root
 	}
-	cmd.Env = append(os.Environ(), "PTVMM_E2E_DIR="+a.Dir)
+	cmd.Env = append(append(os.Environ(), "PTVMM_E2E_DIR="+a.Dir), env...)
 	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
 	if err := cmd.Run(); err != nil {
 		fmt.Println("testhost:", err)
@@ -137,7 +142,7 @@ func runDirect(ctx context.Context, a *testhost.Assets, run, guestCmd string, ti
 	return 0
 }
 
-func runQEMU(ctx context.Context, a *testhost.Assets, run, guestCmd string, timeout time.Duration, mem, cpus int) int {
+func runQEMU(ctx context.Context, a *testhost.Assets, run, guestCmd string, env []string, timeout time.Duration, mem, cpus int) int {
 	t := time.Now()
 	tests := guestCmd == ""
 	if tests {
@@ -152,7 +157,7 @@ func runQEMU(ctx context.Context, a *testhost.Assets, run, guestCmd string, time
 		}
 	}
 	initrd := filepath.Join(a.Dir, "testhost.cpio")
-	check(a.WriteTestHostInitramfs(initrd, guestCmd))
+	check(a.WriteTestHostInitramfs(initrd, guestCmd, env))
 	st, err := os.Stat(initrd)
 	check(err)
 	fmt.Printf("testhost: pack test host initramfs, %d MiB (%.1fs)\n", st.Size()>>20, time.Since(t).Seconds())
