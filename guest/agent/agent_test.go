@@ -312,3 +312,28 @@ func TestParseSleep(t *testing.T) {
 		assert.Error(t, err, bad)
 	}
 }
+
+// FuzzModuleList checks that any module list file and ptvmm.modules value
+// give non-empty names, each module once, and resolve without panicking.
+func FuzzModuleList(f *testing.F) {
+	f.Add("irqbypass.ko\nkvm.ko nested=1\n# c\n", "kvm_amd,ccp")
+	f.Add("\t\n  \n", ",,")
+	f.Add("../../etc/passwd", "/proc/self/exe,.,..")
+	fsys := fstest.MapFS{"lib/modules/ptvmm/kvm.ko": {Data: []byte("k")}}
+	f.Fuzz(func(t *testing.T, file, cmdline string) {
+		seen := map[string]bool{}
+		for _, m := range moduleList(file, cmdline) {
+			c := canonicalModule(m.Name)
+			if m.Name == "" || c == "" {
+				t.Fatalf("empty module name in %+v", m)
+			}
+			if seen[c] {
+				t.Fatalf("module %q listed twice", c)
+			}
+			seen[c] = true
+			if p, err := resolveModule(fsys, "/lib/modules/ptvmm", m.Name); err == nil && p != "/lib/modules/ptvmm/kvm.ko" {
+				t.Fatalf("%q resolved to %q", m.Name, p)
+			}
+		}
+	})
+}
