@@ -204,10 +204,10 @@ func runQEMU(ctx context.Context, a *testhost.Assets, run, guestCmd string, env 
 	}
 	el := time.Since(t).Seconds()
 	if !ok {
-		fmt.Printf("FAIL\t%s (testhost)\t%.1fs\n", e2eImport, el)
+		fmt.Printf("FAIL\t%s\t%.3fs\n", e2eImport, el)
 		return 1
 	}
-	fmt.Printf("ok  \t%s (testhost)\t%.1fs\n", e2eImport, el)
+	fmt.Printf("ok  \t%s\t%.3fs\n", e2eImport, el)
 	return 0
 }
 
