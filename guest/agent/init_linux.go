@@ -45,7 +45,6 @@ func sayError(err error) {
 func runInit() {
 	setupConsole()
 	ignoreSignals()
-	cl := protocol.Cmdline(nil)
 	reboot := unix.LINUX_REBOOT_CMD_RESTART
 	defer func() {
 		// A panic must not end PID 1: that panics the kernel instead of
@@ -65,7 +64,7 @@ func runInit() {
 	if err != nil {
 		sayError(fmt.Errorf("read kernel command line: %w", err))
 	}
-	cl = protocol.ParseCmdline(string(raw))
+	cl := protocol.ParseCmdline(string(raw))
 	var serr error
 	if reboot, serr = shutdownCmd(cl); serr != nil {
 		sayError(serr)
