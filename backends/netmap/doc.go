@@ -40,6 +40,9 @@
 //     k.RxSlotBuf(pos) + k.SetSlotLen; then k.RxComplete(l, used). hwtail advances
 //     over finished leases in order and SetNotify's function runs.
 //   - Lock order: a TX kring's lock before RX kring locks, never the reverse.
+//   - Host rings exist only when asked for (HostRings: 1); they have no host stack
+//     behind them: by default a host TX sync discards and a host RX ring stays empty,
+//     until an owner installs a SyncFunc.
 //
 // Ring (ring.go): the user (application) view of a netmap_ring: Head/Cur/Tail,
 // SetHeadCur, Advance, Next, Space, Empty, TxPending, Slot/SetSlot, Buf/SlotBuf.
@@ -47,7 +50,9 @@
 //
 // Pipes (pipe.go): NewPipe(base, id, cfg) makes "base{id" and "base}id" in one region;
 // a TX sync on either end moves whole frames into the other end's RX ring by swapping
-// buffer indices (NS_BUF_CHANGED set), without copying payload.
+// buffer indices (NS_BUF_CHANGED set), without copying payload. Frames that do not fit
+// stay pending in the TX ring until a later TX sync (or TxRetract); an RX sync that
+// releases slots notifies the peer's TX kring. PipeTable opens ends by name.
 //
 // Names (name.go): ParseName parses "valeX:Y", "netmap:if", "name{N", "name}N" and
 // options "@conf:rings=,tx-rings=,rx-rings=,host-rings=,slots=,tx-slots=,rx-slots=",

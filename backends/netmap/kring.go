@@ -83,6 +83,7 @@ type Kring struct {
 	hwcur, hwtail, hwlease uint32
 	rhead, rcur, rtail     uint32
 	leases                 leaseQueue
+	released               uint32 // RX slots released by the running sync
 
 	sync   SyncFunc
 	notify atomic.Pointer[func()]
@@ -160,8 +161,9 @@ func (k *Kring) SetSync(fn SyncFunc) {
 	k.mu.Unlock()
 }
 
-// SetNotify installs the function called when the ring's user should look again (RX
-// hwtail advanced). It must not block and must not sync the ring.
+// SetNotify installs the function called when the ring's user should look again: RX
+// hwtail advanced, or (pipes) the peer released RX slots a blocked TX ring may now
+// fill. It must not block and must not sync any ring.
 func (k *Kring) SetNotify(fn func()) {
 	if fn == nil {
 		k.notify.Store(nil)
@@ -201,6 +203,9 @@ func (k *Kring) HwCur() uint32  { return k.hwcur }
 func (k *Kring) HwTail() uint32 { return k.hwtail }
 func (k *Kring) RHead() uint32  { return k.rhead }
 func (k *Kring) RCur() uint32   { return k.rcur }
+
+// Released is how many RX slots the running sync released (from inside a SyncFunc).
+func (k *Kring) Released() uint32 { return k.released }
 
 func (k *Kring) slotOff(i uint32) uint64 { return k.off + RingSlotsOff + uint64(i)*SlotSize }
 
@@ -250,6 +255,7 @@ func (k *Kring) syncLocked(head, cur uint32, flags SyncFlags, ring bool) error {
 	k.rhead, k.rcur = head, cur
 	var err error
 	if k.dir == RX {
+		k.released = k.dist(k.hwcur, k.rhead)
 		k.hwcur = k.rhead // the user released [hwcur, head)
 	}
 	if k.sync != nil {

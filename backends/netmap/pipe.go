@@ -59,6 +59,14 @@ func linkPipe(from, to *Port) {
 	l.peer.Store(to.rx[0])
 	tk := from.tx[0]
 	tk.SetSync(func(k *Kring, _ SyncFlags) error { return pipeTxSync(k, l) })
+	// Released RX slots may unblock the sender: tell its TX ring (netmap's pipe
+	// rxsync notifies the peer TX kring the same way). No TX lock is taken here.
+	to.rx[0].SetSync(func(k *Kring, _ SyncFlags) error {
+		if k.Released() > 0 {
+			tk.Notify()
+		}
+		return nil
+	})
 	// When the receiving end closes, stop delivering: taking the TX kring lock waits
 	// for a running sync to finish.
 	to.OnClose(func() {
