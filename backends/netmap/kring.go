@@ -40,6 +40,9 @@ const (
 // tail=hwtail) and nothing was transmitted or received. Counted in Stats().Reinits.
 var ErrRingReinit = errors.New("ring reinitialised: head/cur from its user were out of range")
 
+// ErrClosed is returned by a sync on a ring whose port was closed.
+var ErrClosed = errors.New("netmap: port closed")
+
 // SyncFunc moves frames for a kring: a TX one takes [HwCur, RHead) (TxScan/TxDone), an
 // RX one may import frames (RX release, hwcur = rhead, is already done when it runs).
 // It runs with the kring's lock held and must not sync this kring. Lock order: a TX
@@ -84,6 +87,8 @@ type Kring struct {
 	rhead, rcur, rtail     uint32
 	leases                 leaseQueue
 	released               uint32 // RX slots released by the running sync
+	closed                 bool   // port closed: no syncs, no new leases
+	leaseDone              sync.Cond
 
 	sync   SyncFunc
 	notify atomic.Pointer[func()]
@@ -98,6 +103,7 @@ func newKring(p *Port, reg *Region, off uint64, num uint32, dir Dir, id uint16, 
 		k.name += "(host)"
 	}
 	k.leases.init(num)
+	k.leaseDone.L = &k.mu
 	if dir == TX {
 		k.hwtail = num - 1
 		k.rtail = num - 1
@@ -230,6 +236,10 @@ func (k *Kring) SetSlotAt(i uint32, s Slot) {
 // then tail = hwtail. A bad head/cur reinitialises the ring and returns ErrRingReinit.
 func (k *Kring) Sync(flags SyncFlags) error {
 	k.mu.Lock()
+	if k.closed {
+		k.mu.Unlock()
+		return ErrClosed
+	}
 	head := load32(k.mem, k.off+RingHeadOff)
 	cur := load32(k.mem, k.off+RingCurOff)
 	err := k.syncLocked(head, cur, flags, true)
@@ -248,6 +258,9 @@ func (k *Kring) SyncCSB(head, cur uint32, flags SyncFlags) (hwcur, hwtail uint32
 }
 
 func (k *Kring) syncLocked(head, cur uint32, flags SyncFlags, ring bool) error {
+	if k.closed {
+		return ErrClosed
+	}
 	if !k.prologue(head, cur) {
 		k.reinit(ring)
 		return fmt.Errorf("netmap: %s: head %d cur %d (hwcur %d hwtail %d): %w", k.name, head, cur, k.hwcur, k.hwtail, ErrRingReinit)
@@ -398,7 +411,7 @@ func (k *Kring) TxDone(next uint32) {
 func (k *Kring) TxRetract() uint32 {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	if k.dir != TX {
+	if k.dir != TX || k.closed {
 		return 0
 	}
 	n := k.dist(k.hwcur, k.rhead)
@@ -431,7 +444,7 @@ func (k *Kring) RxReserve(n uint32) Lease {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	n = min(n, k.rxSpaceLocked())
-	if n == 0 {
+	if n == 0 || k.closed {
 		return Lease{}
 	}
 	l := Lease{Start: k.hwlease, N: n}
@@ -465,6 +478,9 @@ func (k *Kring) RxComplete(l Lease, used uint32) {
 	old := k.hwtail
 	k.hwtail = k.leases.advance(k.hwtail)
 	moved := old != k.hwtail
+	if k.closed {
+		k.leaseDone.Broadcast()
+	}
 	k.mu.Unlock()
 	if moved {
 		k.Notify()

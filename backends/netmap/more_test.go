@@ -211,3 +211,35 @@ func TestPortConfigErrors(t *testing.T) {
 		}
 	}
 }
+
+// Close waits for a lease another port is filling, then refuses new work.
+func TestCloseWaitsForLeases(t *testing.T) {
+	p, err := NewPort(PortConfig{Name: "c", TxSlots: 8, RxSlots: 8})
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, tk := p.RxRing(0), p.TxRing(0)
+	l := k.RxReserve(2)
+	closed := make(chan error)
+	go func() { closed <- p.Close() }()
+	// Fill the leased slots: the memory must still be there.
+	k.RxFill(l.Start, []byte("late"), 0)
+	select {
+	case <-closed:
+		t.Fatal("Close returned with a lease outstanding")
+	default:
+	}
+	k.RxComplete(l, 1)
+	if err := <-closed; err != nil {
+		t.Fatal(err)
+	}
+	if l2 := k.RxReserve(1); l2.N != 0 {
+		t.Fatal("lease granted on a closed ring")
+	}
+	if err := k.Sync(0); err != ErrClosed {
+		t.Fatalf("sync after close: %v", err)
+	}
+	if _, _, err := tk.SyncCSB(0, 0, 0); err != ErrClosed {
+		t.Fatalf("CSB sync after close: %v", err)
+	}
+}

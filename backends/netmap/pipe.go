@@ -80,6 +80,13 @@ func linkPipe(from, to *Port) {
 // Called with tk's lock held; takes the RX kring's lock (TX before RX).
 func pipeTxSync(tk *Kring, l *pipeLink) error {
 	rk := l.peer.Load()
+	if rk != nil {
+		rk.mu.Lock()
+		if rk.closed {
+			rk.mu.Unlock()
+			rk = nil
+		}
+	}
 	if rk == nil {
 		// Peer closed: discard, so the sender never stalls.
 		n := tk.dist(tk.hwcur, tk.rhead)
@@ -87,7 +94,6 @@ func pipeTxSync(tk *Kring, l *pipeLink) error {
 		tk.TxDone(tk.rhead)
 		return nil
 	}
-	rk.mu.Lock()
 	if rk.hwlease != rk.hwtail {
 		rk.mu.Unlock()
 		return fmt.Errorf("netmap: pipe %s: rx ring has leases outstanding", rk.name)

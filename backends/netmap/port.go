@@ -280,6 +280,8 @@ func (p *Port) OnClose(fn func()) {
 }
 
 // Close frees the port's buffers, rings and netmap_if and drops its region reference.
+// It waits for running syncs and outstanding RX leases; afterwards Sync returns
+// ErrClosed and RxReserve returns empty leases.
 func (p *Port) Close() error {
 	p.closeMu.Lock()
 	if p.closed {
@@ -292,10 +294,16 @@ func (p *Port) Close() error {
 	for i := len(fns) - 1; i >= 0; i-- {
 		fns[i]()
 	}
-	// Take every ring lock so no sync is running while memory goes away.
+	// Mark every ring closed under its lock, so no sync is running and no new lease
+	// starts, and wait for leases other ports' syncs still fill: the memory goes away
+	// next.
 	for _, k := range p.Krings() {
 		k.mu.Lock()
+		k.closed = true
 		k.sync = nil
+		for k.leases.head != k.leases.tail {
+			k.leaseDone.Wait()
+		}
 		k.mu.Unlock()
 	}
 	p.teardown()

@@ -130,10 +130,9 @@ func (p *pool) release(i uint32) bool {
 // written by any goroutine, another process or a guest; ring fields follow the
 // head/cur/tail protocol.
 type Region struct {
-	mem  []byte
-	fd   int
-	id   uint16
-	priv bool
+	mem []byte
+	fd  int
+	id  uint16
 
 	mu    sync.Mutex
 	refs  int
@@ -340,7 +339,7 @@ func (r *Region) freeBufChain(head uint32) (n, bad int) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for i := uint32(0); head != 0 && i < r.buf.objNum; i++ {
-		b := r.bufLocked(head)
+		b := r.Buf(head)
 		if b == nil || !r.buf.release(head) {
 			bad++
 			break
@@ -350,8 +349,6 @@ func (r *Region) freeBufChain(head uint32) (n, bad int) {
 	}
 	return n, bad
 }
-
-func (r *Region) bufLocked(idx uint32) []byte { return r.Buf(idx) }
 
 func (r *Region) allocObj(p *pool, what string) (uint64, error) {
 	r.mu.Lock()
