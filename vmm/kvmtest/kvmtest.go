@@ -43,7 +43,7 @@ type Guest struct {
 	// Ready receives once per ReadyAddr report (buffered; extra reports are dropped).
 	Ready chan struct{}
 
-	timedOut atomic.Bool
+	timedOut, stopped atomic.Bool
 }
 
 // Available skips tb when /dev/kvm cannot be used.
@@ -155,6 +155,16 @@ func (g *Guest) Exits() uint64 {
 // ErrTimeout is returned by Run when the guest did not report in time.
 var ErrTimeout = errors.New("kvmtest: guest did not finish in time")
 
+// ErrStopped is returned by Run after Stop.
+var ErrStopped = errors.New("kvmtest: guest stopped")
+
+// Stop makes a running (or the next) Run return ErrStopped. Safe from any goroutine.
+func (g *Guest) Stop() {
+	g.stopped.Store(true)
+	g.CPU.SetImmediateExit(true)
+	_ = g.CPU.Kick()
+}
+
 // Run runs the vCPU on the calling goroutine (locked to its thread) until the guest
 // stores at micro.DoneAddr, whose 32-bit value it returns. PIO and MMIO exits go to the
 // buses; micro.ReadyAddr stores signal Ready. An unexpected exit or timeout is an error.
@@ -163,7 +173,7 @@ func (g *Guest) Run(timeout time.Duration) (uint32, error) {
 	defer runtime.UnlockOSThread()
 	g.CPU.BindThread()
 	g.timedOut.Store(false)
-	g.CPU.SetImmediateExit(false)
+	g.CPU.SetImmediateExit(g.stopped.Load())
 	t := time.AfterFunc(timeout, func() {
 		g.timedOut.Store(true)
 		g.CPU.SetImmediateExit(true)
@@ -208,6 +218,9 @@ func (g *Guest) Run(timeout time.Duration) (uint32, error) {
 			}
 		case kvm.ExitIntr:
 			g.OtherExits.Add(1)
+			if g.stopped.Load() {
+				return 0, ErrStopped
+			}
 			if g.timedOut.Load() {
 				r, _ := g.CPU.Regs()
 				return 0, fmt.Errorf("%w (rip %#x)", ErrTimeout, r.RIP)

@@ -47,3 +47,15 @@ func TestHarnessTimeout(t *testing.T) {
 		t.Error("spinning guest finished")
 	}
 }
+
+func TestHarnessStop(t *testing.T) {
+	a := micro.New(boot.MicroCodeAddr)
+	a.Halt()
+	code, _ := a.Assemble()
+	g := New(t, Config{Code: code})
+	res := g.Start(time.Minute)
+	g.Stop()
+	if r := <-res; r.Err != ErrStopped {
+		t.Errorf("Run after Stop: %v", r.Err)
+	}
+}
