@@ -2,6 +2,7 @@ package vale
 
 import (
 	"encoding/binary"
+	"runtime"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -146,3 +147,5 @@ func newPorts(t testing.TB, n, slots int) (*Switch, []*Port, []*user) {
 	}
 	return s, ps, us
 }
+
+func runtimeGosched() { runtime.Gosched() }

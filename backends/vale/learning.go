@@ -81,6 +81,9 @@ type Learning struct {
 	// lastSrc caches each port's last learned source MAC so a steady flow skips the hash
 	// and the store (VALE's last_smac). Only a cache: a stale value costs a relearn.
 	lastSrc [MaxPorts]atomic.Uint64
+	// lastDst caches, per source port, the bucket of the last destination MAC looked
+	// up (valid | bucket<<48 | MAC), so a steady flow skips the hash here too.
+	lastDst [MaxPorts]atomic.Uint64
 }
 
 // NewLearning returns an empty table.
@@ -105,7 +108,18 @@ func (l *Learning) Lookup(frame []byte, src int) int {
 		return Broadcast
 	}
 	dmac := mac48(d)
-	e := l.table[rthash(d)].Load()
+	var bucket uint32
+	if uint(src) < MaxPorts {
+		if c := l.lastDst[src].Load(); c&entryValid != 0 && c&macMask == dmac {
+			bucket = uint32(c>>portShift) & (HashSize - 1)
+		} else {
+			bucket = rthash(d)
+			l.lastDst[src].Store(entryValid | uint64(bucket)<<portShift | dmac)
+		}
+	} else {
+		bucket = rthash(d)
+	}
+	e := l.table[bucket].Load()
 	if e&entryValid != 0 && e&macMask == dmac {
 		return int(e>>portShift) & 0xff
 	}
@@ -149,5 +163,6 @@ func (l *Learning) Forget(port int) {
 	}
 	if uint(port) < MaxPorts {
 		l.lastSrc[port].Store(noMAC)
+		l.lastDst[port].Store(0)
 	}
 }

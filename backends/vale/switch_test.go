@@ -425,3 +425,42 @@ func TestConcurrentSenders(t *testing.T) {
 	assert.Equal(t, uint64(received), c.RxFrames)
 	assert.Greater(t, received, 0)
 }
+
+// TestExternalDriverSyncCSB drives a port the way a ptnet host loop does: head/cur
+// come from the CSB, not from the ring header, and the forwarding runs in that sync.
+func TestExternalDriverSyncCSB(t *testing.T) {
+	_, ps, us := newPorts(t, 2, 64)
+	a, b := us[0], us[1]
+	np := ps[0].Netmap()
+	tk := np.TxRing(0)
+	// Fill two slots but leave the ring header's head alone (the guest publishes
+	// head in the CSB).
+	r := a.tx
+	for i, tag := range []uint32{1, 2} {
+		sl := r.Slot(uint32(i))
+		copy(r.Buf(sl.BufIdx), eth(bcastMAC, mac(0xa), 60, tag))
+		sl.Len = 60
+		r.SetSlot(uint32(i), sl)
+	}
+	hwcur, hwtail, err := tk.SyncCSB(2, 2, netmap.ForceReclaim)
+	require.NoError(t, err)
+	assert.Equal(t, uint32(2), hwcur)
+	assert.Equal(t, uint32(1), hwtail, "TX slots come back at once")
+	assert.Equal(t, uint32(0), r.Head(), "SyncCSB must not touch the ring header")
+	assert.Equal(t, []uint32{1, 2}, tags(b.recv()))
+
+	// The RX side the same way: SyncCSB imports, and a notify fires on delivery.
+	rk := ps[1].Netmap().RxRing(0)
+	notified := 0
+	rk.SetNotify(func() { notified++ })
+	defer rk.SetNotify(nil)
+	a.send(eth(bcastMAC, mac(0xa), 60, 3))
+	assert.Equal(t, 1, notified)
+	head := rk.State().HwCur
+	_, hwtail, err = rk.SyncCSB(head, head, netmap.ForceRead)
+	require.NoError(t, err)
+	assert.Equal(t, (head+1)%64, hwtail)
+	// A CSB head outside [hwcur, hwtail] is refused like a bad ring header.
+	_, _, err = rk.SyncCSB(hwtail+5, hwtail+5, 0)
+	assert.ErrorIs(t, err, netmap.ErrRingReinit)
+}

@@ -1,0 +1,186 @@
+package vale
+
+import (
+	"fmt"
+	"testing"
+
+	"github.com/ptvmm/ptvmm/backends/netmap"
+)
+
+// Benchmarks: one op is one frame. Mpps = frames per second / 1e6 for the source
+// port (a broadcast frame is copied to every destination but counted once).
+
+const benchSlots = 2048
+
+type benchPort struct {
+	p  *Port
+	tx *netmap.Ring
+	rx *netmap.Ring
+}
+
+func benchSwitch(b *testing.B, nports int) (*Switch, []benchPort) {
+	s, err := New("vale0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	var out []benchPort
+	for i := 0; i < nports; i++ {
+		p, err := s.NewPort(fmt.Sprint("p", i), netmap.PortConfig{TxSlots: benchSlots, RxSlots: benchSlots})
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { p.Detach() })
+		np := p.Netmap()
+		out = append(out, benchPort{p, np.UserRing(np.TxRing(0)), np.UserRing(np.RxRing(0))})
+	}
+	return s, out
+}
+
+// fillTx writes frame into every TX slot once; rounds then only move head.
+func fillTx(bp benchPort, frame []byte) {
+	r := bp.tx
+	for i := uint32(0); i < r.NumSlots(); i++ {
+		s := r.Slot(i)
+		copy(r.Buf(s.BufIdx), frame)
+		s.Len, s.Flags = uint16(len(frame)), 0
+		r.SetSlot(i, s)
+	}
+}
+
+// drain imports what arrived and releases it (two rxsyncs, as a receiver that
+// consumes everything at once).
+func drain(b *testing.B, bp benchPort) {
+	if err := bp.p.RxSync(0); err != nil {
+		b.Fatal(err)
+	}
+	t := bp.rx.Tail()
+	bp.rx.SetHeadCur(t, t)
+	if err := bp.p.RxSync(0); err != nil {
+		b.Fatal(err)
+	}
+}
+
+func runForward(b *testing.B, src benchPort, sinks []benchPort, batch int) {
+	b.ReportAllocs()
+	b.ResetTimer()
+	for done := 0; done < b.N; {
+		k := min(batch, b.N-done)
+		h := src.tx.Head()
+		h = (h + uint32(k)) % benchSlots
+		src.tx.SetHeadCur(h, h)
+		if err := src.p.TxSync(0); err != nil {
+			b.Fatal(err)
+		}
+		for _, s := range sinks {
+			drain(b, s)
+		}
+		done += k
+	}
+	b.StopTimer()
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds()/1e6, "Mpps")
+	for _, s := range sinks {
+		c := s.p.Counters()
+		if c.Drops() != 0 || c.RxFrames != uint64(b.N) {
+			b.Fatalf("sink %s: %d frames received of %d, counters %+v", s.p.Name(), c.RxFrames, b.N, c)
+		}
+	}
+}
+
+func BenchmarkForward(b *testing.B) {
+	for _, size := range []int{60, 1514} {
+		for _, batch := range []int{1, 64, 1024} {
+			b.Run(fmt.Sprintf("unicast/%dB/batch%d", size, batch), func(b *testing.B) {
+				_, ps := benchSwitch(b, 2)
+				// Teach the switch where p1 is, then drain that flood.
+				fillTx(ps[1], eth(mac(0xa), mac(0xb), 60, 0))
+				ps[1].tx.Advance(1)
+				if err := ps[1].p.TxSync(0); err != nil {
+					b.Fatal(err)
+				}
+				drain(b, ps[0])
+				drain(b, ps[0])
+				fillTx(ps[0], eth(mac(0xb), mac(0xa), size, 1))
+				b.SetBytes(int64(size))
+				runForward(b, ps[0], ps[1:], batch)
+			})
+		}
+	}
+	for _, batch := range []int{64, 1024} {
+		b.Run(fmt.Sprintf("broadcast4/60B/batch%d", batch), func(b *testing.B) {
+			_, ps := benchSwitch(b, 5)
+			fillTx(ps[0], eth(bcastMAC, mac(0xa), 60, 1))
+			b.SetBytes(60)
+			runForward(b, ps[0], ps[1:], batch)
+		})
+	}
+}
+
+// BenchmarkMemcpyBound copies the same bytes the switch copies, buffer to buffer in
+// ring order over a ring's worth of buffers, and nothing else.
+func BenchmarkMemcpyBound(b *testing.B) {
+	for _, size := range []int{60, 1514} {
+		b.Run(fmt.Sprintf("%dB", size), func(b *testing.B) {
+			src := make([]byte, benchSlots*2048)
+			dst := make([]byte, benchSlots*2048)
+			b.SetBytes(int64(size))
+			b.ReportAllocs()
+			b.ResetTimer()
+			i := 0
+			for n := 0; n < b.N; n++ {
+				o := i * 2048
+				copy(dst[o:o+2048], src[o:o+size])
+				if i++; i == benchSlots {
+					i = 0
+				}
+			}
+			b.StopTimer()
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds()/1e6, "Mpps")
+		})
+	}
+}
+
+// copyChunks64 copies in whole 64-byte blocks (netmap's unrolled copy); it writes up
+// to 63 bytes past len(src), which is why copyFrame does not use it.
+func copyChunks64(dst, src []byte) {
+	n := (len(src) + 63) &^ 63
+	src = src[:n:n]
+	for i := 0; i < n; i += 64 {
+		*(*[64]byte)(dst[i : i+64]) = *(*[64]byte)(src[i : i+64])
+	}
+}
+
+// BenchmarkCopy compares copy() (memmove) with 64-byte block copies.
+func BenchmarkCopy(b *testing.B) {
+	for _, size := range []int{60, 1514} {
+		for _, v := range []struct {
+			name string
+			fn   func(dst, src []byte)
+		}{{"copy", copyFrame}, {"chunk64", copyChunks64}} {
+			b.Run(fmt.Sprintf("%s/%dB", v.name, size), func(b *testing.B) {
+				src := make([]byte, benchSlots*2048)
+				dst := make([]byte, benchSlots*2048)
+				b.SetBytes(int64(size))
+				i := 0
+				for b.Loop() {
+					o := i * 2048
+					v.fn(dst[o:o+2048], src[o:o+size:o+2048])
+					if i++; i == benchSlots {
+						i = 0
+					}
+				}
+			})
+		}
+	}
+}
+
+// BenchmarkLearningLookup is the default lookup alone (learned unicast).
+func BenchmarkLearningLookup(b *testing.B) {
+	l := NewLearning()
+	l.Learn(mac(0xb), 1)
+	f := eth(mac(0xb), mac(0xa), 60, 0)
+	for b.Loop() {
+		if l.Lookup(f, 0) != 1 {
+			b.Fatal("lookup failed")
+		}
+	}
+}
