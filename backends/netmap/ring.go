@@ -101,7 +101,12 @@ func (r *Ring) Advance(n uint32) {
 	r.SetHeadCur(h, h)
 }
 
-func (r *Ring) slotOff(i uint32) uint64 { return r.off + RingSlotsOff + uint64(i%r.num)*SlotSize }
+func (r *Ring) slotOff(i uint32) uint64 {
+	if i >= r.num {
+		i %= r.num
+	}
+	return r.off + RingSlotsOff + uint64(i)*SlotSize
+}
 
 // Slot reads slot i (taken modulo num_slots).
 func (r *Ring) Slot(i uint32) Slot { return getSlot(r.mem, r.slotOff(i)) }
