@@ -53,11 +53,11 @@ type BackendPort struct {
 	stopfd   int
 	burst    int
 
-	mu      sync.Mutex // one Poll at a time
-	bufs    [][]byte
-	lens    []int
-	out     [][]byte
-	scratch [][]byte // per-burst-index buffers for MOREFRAG frames
+	mu    sync.Mutex // one Poll at a time
+	bufs  [][]byte
+	lens  []int
+	out   [][]byte
+	arena []byte // MOREFRAG frames joined for Send; MaxFrags buffers, made on first use
 
 	running   atomic.Bool
 	done      chan struct{}
@@ -96,7 +96,6 @@ func (s *Switch) AttachBackend(name string, be backends.Port, opt BackendOptions
 	b.bufs = make([][]byte, b.burst)
 	b.lens = make([]int, b.burst)
 	b.out = make([][]byte, 0, b.burst)
-	b.scratch = make([][]byte, b.burst)
 	b.rxk.SetNotify(b.wake)
 	return b, nil
 }
@@ -193,20 +192,35 @@ func (b *BackendPort) egress() (int, error) {
 			pos = r.Next(pos)
 			continue
 		}
-		// A MOREFRAG chain: the switch delivers it whole, so it ends before tail.
-		sc := b.scratch[len(out)][:0]
-		for {
-			s = r.Slot(pos)
-			if buf = r.Buf(s.BufIdx); buf != nil && int(s.Len) <= len(buf) {
-				sc = append(sc, buf[:s.Len]...)
-			}
-			pos = r.Next(pos)
-			if s.Flags&netmap.NSMoreFrag == 0 || pos == tail {
+		// A MOREFRAG chain (the switch delivers only whole ones, of at most MaxFrags
+		// slots): joined in the arena, which holds the longest chain; when this
+		// burst has used too much of it, the chain waits for the next Poll.
+		if b.arena == nil {
+			b.arena = make([]byte, 0, netmap.MaxFrags*int(r.BufSize()))
+		}
+		need, p := 0, pos
+		for k := 0; k < netmap.MaxFrags; k++ {
+			s = r.Slot(p)
+			need += int(s.Len)
+			p = r.Next(p)
+			if s.Flags&netmap.NSMoreFrag == 0 || p == tail {
 				break
 			}
 		}
-		b.scratch[len(out)] = sc
-		out = append(out, sc)
+		if len(b.arena)+need > cap(b.arena) && len(out) > 0 {
+			break
+		}
+		start := len(b.arena)
+		for pos != p {
+			s = r.Slot(pos)
+			if buf = r.Buf(s.BufIdx); buf != nil && int(s.Len) <= len(buf) && len(b.arena)+int(s.Len) <= cap(b.arena) {
+				b.arena = append(b.arena, buf[:s.Len]...)
+			}
+			pos = r.Next(pos)
+		}
+		if len(b.arena) > start {
+			out = append(out, b.arena[start:len(b.arena):len(b.arena)])
+		}
 	}
 	var err error
 	if len(out) > 0 {
@@ -222,6 +236,7 @@ func (b *BackendPort) egress() (int, error) {
 	}
 	clear(out)
 	b.out = out[:0]
+	b.arena = b.arena[:0]
 	if pos != head {
 		r.SetHeadCur(pos, pos)
 		if serr := b.rxk.Sync(0); serr != nil {

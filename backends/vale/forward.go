@@ -106,6 +106,7 @@ func (f *fwdState) forward(s *Switch, n int) {
 		}
 		nf := j - i + 1
 		first := frags[i].Data
+		first = first[:len(first):len(first)] // the lookup sees the frame, not the buffer
 		bytes := uint32(len(first))
 		for k := i + 1; k <= j; k++ {
 			bytes += uint32(len(frags[k].Data))

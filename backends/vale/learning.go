@@ -16,7 +16,9 @@ const HashSize = 1024
 // first fragment of the packet, at least 14 bytes (an Ethernet header); src is the
 // index of the port that sent it. A Lookup runs inside forwarding passes, possibly on
 // several goroutines at once (one per source port being synced): it must be safe for
-// concurrent calls, must not block, must not retain frame and must not write to it.
+// concurrent calls, must not block, must not retain frame and must not write to it,
+// and must not call the switch's configuration methods (SetLookup, Attach, Detach,
+// monitors: they wait for the pass that is calling the lookup).
 // A result naming src itself or a port index with no port attached drops the frame.
 type Lookup func(frame []byte, src int) int
 

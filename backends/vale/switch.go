@@ -331,7 +331,8 @@ func (p *Port) Detach() error {
 // Monitor receives copies of frames passing a port (see AddMonitor). The pcap
 // package's Writer is one. WriteFragments is called from forwarding passes, possibly
 // several at once, with the switch lock held shared and no ring lock held: it must
-// be safe for concurrent use, should be quick, and must not retain frags. Its error is
+// be safe for concurrent use, should be quick, must not retain frags and must not
+// call the switch's configuration methods (they would wait for this pass). Its error is
 // counted (Counters.MonitorErrors), never returned to the sender.
 type Monitor interface {
 	WriteFragments(ts time.Time, frags [][]byte) error
