@@ -150,8 +150,18 @@ func TestPrivateRegionLayout(t *testing.T) {
 		t.Errorf("mem id %d", pi.MemID)
 	}
 	var st unix.Stat_t
-	if err := unix.Fstat(p.Region().FD(), &st); err != nil || uint64(st.Size) != pi.MemSize {
-		t.Errorf("memfd size %d (%v), want %d", st.Size, err, pi.MemSize)
+	want := uint64(16 << 20) // 8.4 MB rounded up to a power of two for a BAR
+	if err := unix.Fstat(p.Region().FD(), &st); err != nil || uint64(st.Size) != want || p.Region().MapSize() != want {
+		t.Errorf("memfd size %d (%v), MapSize %d, want %d", st.Size, err, p.Region().MapSize(), want)
+	}
+	// The memfd is the region: a second mapping sees what the port wrote.
+	m2, err := unix.Mmap(p.Region().FD(), 0, int(want), unix.PROT_READ, unix.MAP_SHARED)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Munmap(m2)
+	if binary.LittleEndian.Uint32(m2[p.NifpOffset()+IfVersionOff:]) != APIVersion {
+		t.Error("second mapping of the memfd does not show the netmap_if")
 	}
 	// 1 tx + 1 rx ring of 1024 slots use 2048 buffers, besides the 2 reserved.
 	if free := p.Region().FreeBufs(); free != 4098-2-2048 {
@@ -252,6 +262,53 @@ func TestNetmapIfLayout(t *testing.T) {
 	}
 	if len(seen) != 5 {
 		t.Errorf("extra buffers %d, want 5", len(seen))
+	}
+}
+
+// The user view and the kernel side meet at the literal SPECS offsets.
+func TestRingHeaderBytes(t *testing.T) {
+	p, err := NewPort(PortConfig{Name: "hb", TxSlots: 10, RxSlots: 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	le := binary.LittleEndian
+	mem := p.Region().Bytes()
+	k := p.RxRing(0)
+	h := mem[k.Offset():]
+	r := p.UserRing(k)
+	l := k.RxReserve(3)
+	k.RxFill(l.Start, []byte("abc"), NSMoreFrag)
+	k.RxFill(l.Start+1, []byte("de"), 0)
+	k.RxComplete(l, 2)
+	r.SetFlags(NRTimestamp)
+	if le.Uint32(h[32:]) != NRTimestamp {
+		t.Fatal("flags not at offset 32")
+	}
+	if err := k.Sync(0); err != nil {
+		t.Fatal(err)
+	}
+	if le.Uint32(h[28:]) != 2 {
+		t.Errorf("tail at offset 28 = %d, want 2", le.Uint32(h[28:]))
+	}
+	if le.Uint64(h[40:]) == 0 {
+		t.Error("no timestamp at offset 40 with NR_TIMESTAMP")
+	}
+	// slot[1] at 256+16: len 2 at +4, flags 0 at +6; slot[0] flags MOREFRAG.
+	if le.Uint16(h[256+16+4:]) != 2 || le.Uint16(h[256+6:]) != NSMoreFrag || le.Uint16(h[256+4:]) != 3 {
+		t.Errorf("slot bytes % x", h[256:256+32])
+	}
+	buf0 := int64(k.Offset()) + int64(le.Uint64(h[0:]))
+	idx := le.Uint32(h[256:])
+	if got := string(mem[buf0+int64(idx)*int64(le.Uint32(h[12:])):][:3]); got != "abc" {
+		t.Errorf("BUF(ring, slot[0].buf_idx) holds %q", got)
+	}
+	r.SetHeadCur(1, 2)
+	if le.Uint32(h[20:]) != 1 || le.Uint32(h[24:]) != 2 {
+		t.Errorf("head/cur at 20/24 = %d/%d", le.Uint32(h[20:]), le.Uint32(h[24:]))
+	}
+	if err := k.Sync(0); err != nil || k.State().HwCur != 1 || k.State().RCur != 2 {
+		t.Fatalf("sync %v state %+v", err, k.State())
 	}
 }
 

@@ -130,9 +130,10 @@ func (p *pool) release(i uint32) bool {
 // written by any goroutine, another process or a guest; ring fields follow the
 // head/cur/tail protocol.
 type Region struct {
-	mem []byte
-	fd  int
-	id  uint16
+	mem     []byte
+	fd      int
+	id      uint16
+	mapSize uint64 // memfd size
 
 	mu    sync.Mutex
 	refs  int
@@ -208,9 +209,12 @@ func NewRegion(cfg RegionConfig) (*Region, error) {
 		freeMemID(r.id)
 		return nil, fmt.Errorf("netmap: memfd_create: %w", err)
 	}
-	if err := unix.Ftruncate(r.fd, int64(size)); err != nil {
+	// The file is sized to the next power of two (sparse: costs nothing) so the
+	// region can be mapped whole as a PCI BAR, whose size must be a power of two.
+	r.mapSize = uint64(1) << bits.Len64(size-1)
+	if err := unix.Ftruncate(r.fd, int64(r.mapSize)); err != nil {
 		r.release()
-		return nil, fmt.Errorf("netmap: size region to %d bytes: %w", size, err)
+		return nil, fmt.Errorf("netmap: size region to %d bytes: %w", r.mapSize, err)
 	}
 	r.mem, err = unix.Mmap(r.fd, 0, int(size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
 	if err != nil {
@@ -259,6 +263,10 @@ func (r *Region) Bytes() []byte { return r.mem }
 
 // FD is the memfd backing the region (map it into a guest or pass it to a process).
 func (r *Region) FD() int { return r.fd }
+
+// MapSize is the memfd's size: Size rounded up to a power of two, so the whole file
+// can back a PCI BAR. Bytes past Size read as zero and are not used.
+func (r *Region) MapSize() uint64 { return r.mapSize }
 
 // Size is nr_memsize.
 func (r *Region) Size() uint64 { return uint64(len(r.mem)) }
