@@ -53,11 +53,12 @@ type BackendPort struct {
 	stopfd   int
 	burst    int
 
-	mu    sync.Mutex // one Poll at a time
-	bufs  [][]byte
-	lens  []int
-	out   [][]byte
-	arena []byte // MOREFRAG frames joined for Send; MaxFrags buffers, made on first use
+	mu     sync.Mutex // one Poll at a time
+	closed bool       // guarded by mu: the rings are gone
+	bufs   [][]byte
+	lens   []int
+	out    [][]byte
+	arena  []byte // MOREFRAG frames joined for Send; MaxFrags buffers, made on first use
 
 	running   atomic.Bool
 	done      chan struct{}
@@ -121,6 +122,9 @@ func (b *BackendPort) Stats() BackendStats {
 func (b *BackendPort) Poll() (in, out int, err error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	if b.closed {
+		return 0, 0, fmt.Errorf("vale: %s:%s: backend port closed", b.port.sw.name, b.port.name)
+	}
 	in, err1 := b.ingress()
 	out, err2 := b.egress()
 	return in, out, errors.Join(err1, err2)
@@ -301,6 +305,7 @@ func (b *BackendPort) Close() error {
 		}
 		b.rxk.SetNotify(nil)
 		b.mu.Lock()
+		b.closed = true
 		err = b.port.Detach()
 		b.mu.Unlock()
 		b.closeFDs()

@@ -143,6 +143,8 @@ func TestBackendPortPoll(t *testing.T) {
 	require.NoError(t, x.Close())
 	assert.Nil(t, s.PortByName("x"))
 	require.NoError(t, x.Close(), "second Close is a no-op")
+	_, _, err = x.Poll()
+	require.Error(t, err, "Poll after Close must not touch freed rings")
 }
 
 // TestBackendPortPump runs two pumps and a pipe: frames written by an application
