@@ -38,7 +38,14 @@ type Asm struct {
 	buf    []byte
 	labels []int // offset, -1 while unbound
 	fixups []fixup
-	err    error
+	// patches are 32-bit absolute label addresses (Base + offset) in immediates.
+	patches []patch
+	err     error
+}
+
+type patch struct {
+	at    int
+	label Label
 }
 
 type fixup struct {
@@ -90,6 +97,13 @@ func (a *Asm) Assemble() ([]byte, error) {
 			return nil, fmt.Errorf("micro: label %d never bound", f.label)
 		}
 		binary.LittleEndian.PutUint32(out[f.at:], uint32(int32(t-(f.at+4))))
+	}
+	for _, p := range a.patches {
+		addr := a.Base + uint64(a.labels[p.label])
+		if addr > 0xffffffff {
+			return nil, fmt.Errorf("micro: label address %#x does not fit an imm32", addr)
+		}
+		binary.LittleEndian.PutUint32(out[p.at:], uint32(addr))
 	}
 	return out, nil
 }

@@ -149,6 +149,12 @@ func TestPrograms(t *testing.T) {
 		"doorbells-mmio": func() ([]byte, error) { return Doorbells(0x10000, 10, 0xd000_0000, false, 1) },
 		"doorbells-pio":  func() ([]byte, error) { return Doorbells(0x10000, 10, 0x6000, true, 1) },
 		"configdump":     func() ([]byte, error) { return ConfigDump(0x10000, 1, 16, 0x100000) },
+		"touser": func() ([]byte, error) {
+			a := New(0x10000)
+			a.ToUser(0x20, 0x18, true)
+			a.Halt()
+			return a.Assemble()
+		},
 	} {
 		code, err := f()
 		if err != nil || len(code) == 0 {
@@ -159,5 +165,29 @@ func TestPrograms(t *testing.T) {
 	code, _ := Doorbells(0, 1, 0xd000_0000, false, 1)
 	if !bytes.Contains(code, []byte{0x89, 0x03, 0x48, 0xff, 0xc9, 0x0f, 0x85, 0xf5, 0xff, 0xff, 0xff}) {
 		t.Errorf("MMIO doorbell loop not found in % x", code)
+	}
+}
+
+func TestToUserPatchesReturnAddress(t *testing.T) {
+	a := New(0x10000)
+	a.ToUser(0x20, 0x18, true)
+	after := a.Here()
+	code, err := a.Assemble()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// mov ebx, imm32 holding the return RIP precedes the final push rbx; iretq.
+	n := len(code)
+	if !bytes.Equal(code[n-3:], []byte{0x53, 0x48, 0xcf}) || code[n-8] != 0xbb {
+		t.Fatalf("unexpected tail % x", code[n-8:])
+	}
+	rip := uint64(code[n-7]) | uint64(code[n-6])<<8 | uint64(code[n-5])<<16 | uint64(code[n-4])<<24
+	if rip != a.Addr(after) {
+		t.Errorf("return RIP %#x, want %#x", rip, a.Addr(after))
+	}
+	b := New(0x1_0000_0000)
+	b.ToUser(0x20, 0x18, false)
+	if _, err := b.Assemble(); err == nil {
+		t.Error("return address above 4 GiB accepted")
 	}
 }

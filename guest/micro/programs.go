@@ -158,3 +158,29 @@ func ConfigDump(base uint64, slot int, n int, out uint64) ([]byte, error) {
 	a.Halt()
 	return a.Assemble()
 }
+
+// ToUser drops from CPL0 to CPL3 (IRETQ to the next instruction with the micro
+// loader's user selectors and IOPL 3), keeping RSP; ifFlag sets RFLAGS.IF. On software KVM we
+// observed interrupts reaching IDT handlers only while the guest runs at CPL3, so a
+// guest that needs CPL0 for port I/O during setup calls this before waiting for them.
+func (a *Asm) ToUser(userCS, userSS uint16, ifFlag bool) {
+	flags := uint64(0x3002) // IOPL 3, reserved bit 1
+	if ifFlag {
+		flags |= 0x200
+	}
+	next := a.NewLabel()
+	a.Mov(RAX, RSP)
+	a.MovImm(RBX, uint64(userSS|3))
+	a.Push(RBX)
+	a.Push(RAX)
+	a.MovImm(RBX, flags)
+	a.Push(RBX)
+	a.MovImm(RBX, uint64(userCS|3))
+	a.Push(RBX)
+	a.MovImm(RBX, 0) // patched below: RIP of next
+	ripAt := len(a.buf) - 4
+	a.Push(RBX)
+	a.Iretq()
+	a.Bind(next)
+	a.patches = append(a.patches, patch{at: ripAt, label: next})
+}
