@@ -23,6 +23,23 @@ const (
 	fadtLen              = 276 // revision 6
 )
 
+// Hardware-reduced ACPI sleep registers (FADT SLEEP_CONTROL_REG / SLEEP_STATUS_REG,
+// one byte each in I/O space). Linux powers off (ACPI S5) by writing
+// S5SleepType<<2 | SleepEnable to SleepControlPort; a VMM that ends the VM on that
+// write gives the guest a working `poweroff`. Reads of the status port should have
+// bit 7 (WAK_STS) set, which an unclaimed port's all-ones read already does.
+const (
+	SleepControlPort = 0x600
+	SleepStatusPort  = 0x601
+	S5SleepType      = 5
+	SleepEnable      = 1 << 5
+	// PowerOffValue is the byte Linux writes to SleepControlPort to power off.
+	PowerOffValue = S5SleepType<<2 | SleepEnable
+)
+
+// IsPowerOff reports whether v, written to SleepControlPort, asks for soft-off (S5).
+func IsPowerOff(v byte) bool { return v&SleepEnable != 0 && v>>2&7 == S5SleepType }
+
 // SCIIRQ is the ISA IRQ the FADT declares as SCI (level, active high, like QEMU).
 const SCIIRQ = 9
 
@@ -133,6 +150,8 @@ func dsdtTable(mem64 memory.Range) []byte {
 		amlNamed("_CRS", amlResources(resIO(COM1Port, 8), resIRQ(COM1IRQ))),
 	)
 	t := sdt("DSDT", 2, 0)
+	// \_S5: SLP_TYP for soft-off (both PM1a and PM1b values, then two reserved).
+	t = append(t, amlNamed(`\_S5`, amlPackageOf(amlInt(S5SleepType), amlInt(S5SleepType), amlInt(0), amlInt(0)))...)
 	t = append(t, amlScopeOf(`\_SB`, pci, com1)...)
 	return finish(t)
 }
@@ -145,14 +164,21 @@ func fadt(dsdt uint64) []byte {
 	le.PutUint16(t[46:], SCIIRQ)
 	le.PutUint16(t[109:], fadtBootNoVGA|fadtBootNoCMOSRTC)
 	le.PutUint32(t[112:], fadtFlagHWReducedACP|fadtFlagResetRegSup)
-	// RESET_REG: system I/O port 0x64, byte access; value 0xFE pulses the i8042 reset line.
-	t[116], t[117], t[118], t[119] = 1, 8, 0, 1
-	le.PutUint64(t[120:], 0x64)
+	// RESET_REG: value 0xFE to the i8042's port 0x64 pulses the reset line.
+	gasIO8(t[116:], 0x64)
 	t[128] = 0xfe
 	t[131] = 0 // FADT minor version
+	gasIO8(t[244:], SleepControlPort)
+	gasIO8(t[256:], SleepStatusPort)
 	le.PutUint64(t[140:], dsdt)
 	copy(t[268:276], "PTVMM\x00\x00\x00")
 	return finish(t)
+}
+
+// gasIO8 writes a Generic Address Structure for a byte-wide I/O port.
+func gasIO8(b []byte, port uint16) {
+	b[0], b[1], b[2], b[3] = 1, 8, 0, 1 // system I/O, 8 bits, offset 0, byte access
+	binary.LittleEndian.PutUint64(b[4:], uint64(port))
 }
 
 // writeACPI writes RSDP, XSDT, RSDT, FADT, MADT and an empty DSDT into [base, limit),

@@ -66,3 +66,11 @@ func TestPCIINTxGSI(t *testing.T) {
 	}
 	assert.Len(t, seen, 8)
 }
+
+func TestIsPowerOff(t *testing.T) {
+	assert.True(t, IsPowerOff(PowerOffValue))
+	assert.True(t, IsPowerOff(PowerOffValue|0x80), "other bits do not matter")
+	assert.False(t, IsPowerOff(S5SleepType<<2), "SLP_EN clear")
+	assert.False(t, IsPowerOff(SleepEnable|3<<2), "S3 type")
+	assert.False(t, IsPowerOff(0))
+}

@@ -446,6 +446,16 @@ func checkACPI(t *testing.T, m *memory.Memory, rsdpAddr uint64, cpus int) {
 	assert.NotZero(t, le.Uint32(fadt[112:])&fadtFlagHWReducedACP)
 	assert.Equal(t, uint16(SCIIRQ), le.Uint16(fadt[46:]))
 	assert.Zero(t, le.Uint32(fadt[40:]), "32-bit DSDT zero when X_DSDT is set")
+	// Reset and sleep registers: byte-wide system I/O GAS.
+	for _, g := range []struct {
+		off  int
+		port uint64
+	}{{116, 0x64}, {244, SleepControlPort}, {256, SleepStatusPort}} {
+		assert.Equal(t, []byte{1, 8, 0, 1}, fadt[g.off:g.off+4], "GAS at %d", g.off)
+		assert.Equal(t, g.port, le.Uint64(fadt[g.off+4:]), "GAS at %d", g.off)
+	}
+	assert.Equal(t, byte(0xfe), fadt[128])
+	assert.Equal(t, byte(0x34), byte(PowerOffValue))
 	dsdt := readTable(t, m, le.Uint64(fadt[140:]), "DSDT")
 	inACPIArea(le.Uint64(fadt[140:]), len(dsdt))
 

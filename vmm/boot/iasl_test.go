@@ -62,11 +62,14 @@ func TestACPIDisassembles(t *testing.T) {
 		"0x03F8", "IRQNoFlags ()\n", "{4}",
 		"0xC0000000", "0xFEBFFFFF",
 		"Package (0x04)", "_PRT", "0x001FFFFF",
+		`Name (\_S5, Package (0x04)`, "0x05, \n",
 		"QWordMemory", "0x0000001000000000", "0x0000001FFFFFFFFF",
 	} {
-		assert.Contains(t, d, want)
+		assert.True(t, strings.Contains(d, want), "DSDT lacks %q", want)
 	}
-	assert.Contains(t, out["facp"], "Hardware Reduced (V5) : 1")
+	for _, want := range []string{"Hardware Reduced (V5) : 1", "Address : 0000000000000600", "Address : 0000000000000601"} {
+		assert.True(t, strings.Contains(out["facp"], want), "FADT lacks %q", want)
+	}
 	assert.Contains(t, out["apic"], "Local Apic Address : FEE00000")
 	if t.Failed() || os.Getenv("PTVMM_SHOW_ACPI") != "" {
 		t.Logf("FADT:\n%s\nMADT:\n%s", out["facp"], out["apic"])
