@@ -22,8 +22,8 @@
 //	0x20000 command line, NUL-terminated (up to 64 KiB, and cmdline_size)
 //	0x9FC00-0xFFFFF reserved in e820 (EBDA, VGA, BIOS); ACPI tables live there:
 //	0xE0000 RSDP (revision 2), then DSDT, FADT (revision 6, HW-reduced, SCI IRQ 9,
-//	        reset register = port 0x64 value 0xFE, no VGA, no CMOS RTC, no 8042),
-//	        MADT, XSDT, RSDT
+//	        reset register = port 0x64 value 0xFE, sleep control/status registers
+//	        at ports 0x600/0x601, no VGA, no CMOS RTC, no 8042), MADT, XSDT, RSDT
 //	0x100000 protected-mode kernel (entry at 0x100200, the 64-bit entry point)
 //	        initrd: page-aligned, as high as possible below min(initrd_addr_max,
 //	        end of RAM below the hole) and above the kernel's init_size area
@@ -38,7 +38,8 @@
 // declares \_SB.PCI0 (buses 0-255, I/O windows 0-0xCF7 and 0xD00-0xFFFF, memory window
 // [PCIHoleStart, IOAPICAddr) plus LinuxConfig.PCIMem64 if set, and a _PRT wiring INTx of
 // every slot to GSIs 16-23, see PCIINTxGSI) and \_SB.COM1 (PNP0501, 0x3F8, IRQ 4). The
-// timer is the local APIC's (TSC-deadline or calibrated against kvmclock's TSC).
+// timer is the local APIC's (TSC-deadline or calibrated against kvmclock's TSC). The
+// DSDT's \_S5 makes `poweroff` write PowerOffValue to SleepControlPort (IsPowerOff).
 //
 // # Micro guest layout (LoadMicro)
 //
