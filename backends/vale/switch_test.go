@@ -464,3 +464,31 @@ func TestExternalDriverSyncCSB(t *testing.T) {
 	_, _, err = rk.SyncCSB(hwtail+5, hwtail+5, 0)
 	assert.ErrorIs(t, err, netmap.ErrRingReinit)
 }
+
+func TestPortLimit(t *testing.T) {
+	if testing.Short() {
+		t.Skip("creates 254 ports (one memfd region each)")
+	}
+	s, err := New("vale7")
+	require.NoError(t, err)
+	var ps []*Port
+	defer func() {
+		for _, p := range ps {
+			p.Detach()
+		}
+	}()
+	for i := 0; i < MaxPorts; i++ {
+		p, err := s.NewPort(fmt.Sprint(i), netmap.PortConfig{TxSlots: 4, RxSlots: 4, BufSize: 128})
+		require.NoError(t, err)
+		require.Equal(t, i, p.Index())
+		ps = append(ps, p)
+	}
+	_, err = s.NewPort("one-too-many", netmap.PortConfig{TxSlots: 4, RxSlots: 4, BufSize: 128})
+	require.ErrorIs(t, err, ErrSwitchFull)
+	// A broadcast from the last port reaches all 253 others.
+	u := newUser(t, ps[MaxPorts-1])
+	u.send(eth(bcastMAC, mac(1), 60, 1))
+	for _, p := range ps[:MaxPorts-1] {
+		require.Equal(t, uint64(1), p.Counters().RxFrames, "port %d", p.Index())
+	}
+}
