@@ -203,9 +203,12 @@ func (f *benchBackend) Recv(bufs [][]byte, lens []int) (int, error) {
 	}
 	return len(bufs), nil
 }
-func (f *benchBackend) Send(frames [][]byte) (int, error) { f.sent += len(frames); return len(frames), nil }
-func (f *benchBackend) ReadyFD() int                      { return -1 }
-func (f *benchBackend) Close() error                      { return nil }
+func (f *benchBackend) Send(frames [][]byte) (int, error) {
+	f.sent += len(frames)
+	return len(frames), nil
+}
+func (f *benchBackend) ReadyFD() int { return -1 }
+func (f *benchBackend) Close() error { return nil }
 
 // BenchmarkBackendPort: frames from a backends.Port (as a TAP would give them, minus
 // the system calls) through a BackendPort into the switch, out of a second
