@@ -1,6 +1,9 @@
 package vale
 
-import "sync/atomic"
+import (
+	"encoding/binary"
+	"sync/atomic"
+)
 
 // Lookup results besides a port index (0..MaxPorts-1), as VALE's NM_BDG_BROADCAST and
 // NM_BDG_NOPORT.
@@ -23,10 +26,13 @@ const HashSize = 1024
 type Lookup func(frame []byte, src int) int
 
 // rthash is VALE's bucket hash: Bob Jenkins' 96-bit mix of the six MAC bytes.
-func rthash(m []byte) uint32 {
-	_ = m[5]
-	a := uint32(0x9e3779b9) + uint32(m[3])<<24 + uint32(m[2])<<16 + uint32(m[1])<<8 + uint32(m[0])
-	b := uint32(0x9e3779b9) + uint32(m[5])<<8 + uint32(m[4])
+func rthash(m []byte) uint32 { return rthash48(mac48(m)) }
+
+// rthash48 hashes a MAC packed by mac48: its low 32 bits are m[3]<<24|..|m[0] and
+// the next 16 are m[5]<<8|m[4], the two words VALE adds to the golden ratio.
+func rthash48(mac uint64) uint32 {
+	a := uint32(0x9e3779b9) + uint32(mac)
+	b := uint32(0x9e3779b9) + uint32(mac>>32)&0xffff
 	c := uint32(0)
 	a -= b
 	a -= c
@@ -61,9 +67,7 @@ func rthash(m []byte) uint32 {
 // mac48 packs six MAC bytes into the low 48 bits (byte 0 lowest, so bit 0 is the
 // group bit).
 func mac48(m []byte) uint64 {
-	_ = m[5]
-	return uint64(m[0]) | uint64(m[1])<<8 | uint64(m[2])<<16 | uint64(m[3])<<24 |
-		uint64(m[4])<<32 | uint64(m[5])<<40
+	return uint64(binary.LittleEndian.Uint32(m)) | uint64(binary.LittleEndian.Uint16(m[4:6]))<<32
 }
 
 const (
@@ -104,22 +108,22 @@ func (l *Learning) Lookup(frame []byte, src int) int {
 	if len(frame) < 14 {
 		return Drop
 	}
-	l.Learn(frame[6:12], src)
-	d := frame[0:6]
-	if d[0]&1 != 0 {
+	// Both MACs with two 8-byte loads: bytes 0..5 and 6..11.
+	dmac := binary.LittleEndian.Uint64(frame[0:8]) & macMask
+	l.learn48(binary.LittleEndian.Uint64(frame[4:12])>>16, src)
+	if dmac&1 != 0 {
 		return Broadcast
 	}
-	dmac := mac48(d)
 	var bucket uint32
 	if uint(src) < MaxPorts {
 		if c := l.lastDst[src].Load(); c&entryValid != 0 && c&macMask == dmac {
 			bucket = uint32(c>>portShift) & (HashSize - 1)
 		} else {
-			bucket = rthash(d)
+			bucket = rthash48(dmac)
 			l.lastDst[src].Store(entryValid | uint64(bucket)<<portShift | dmac)
 		}
 	} else {
-		bucket = rthash(d)
+		bucket = rthash48(dmac)
 	}
 	e := l.table[bucket].Load()
 	if e&entryValid != 0 && e&macMask == dmac {
@@ -129,16 +133,17 @@ func (l *Learning) Lookup(frame []byte, src int) int {
 }
 
 // Learn records that the unicast MAC m (6 bytes) lives behind port.
-func (l *Learning) Learn(m []byte, port int) {
-	if m[0]&1 != 0 || uint(port) >= MaxPorts {
+func (l *Learning) Learn(m []byte, port int) { l.learn48(mac48(m), port) }
+
+func (l *Learning) learn48(smac uint64, port int) {
+	if smac&1 != 0 || uint(port) >= MaxPorts {
 		return
 	}
-	smac := mac48(m)
 	if l.lastSrc[port].Load() == smac {
 		return
 	}
 	want := entryValid | uint64(port)<<portShift | smac
-	b := &l.table[rthash(m)]
+	b := &l.table[rthash48(smac)]
 	if b.Load() != want {
 		b.Store(want)
 	}
