@@ -106,18 +106,29 @@ func New(c Config) (*VM, error) {
 	return v, nil
 }
 
-func (v *VM) openKVM() error {
+// CheckHost reports whether this host can run a Linux guest: ErrNoKVM (wrapped)
+// without a usable /dev/kvm, ErrNoHardwareVirt (wrapped) when KVM lacks VT-x/AMD-V,
+// unless force.
+func CheckHost(force bool) error {
 	if err := kvm.Available(); err != nil {
 		return fmt.Errorf("vmm: %w: %w", ErrNoKVM, err)
 	}
-	if v.cfg.Micro == nil && !v.cfg.Force {
-		hw, err := HardwareVirt()
-		if err != nil {
-			return err
-		}
-		if !hw {
-			return fmt.Errorf("vmm: %w", ErrNoHardwareVirt)
-		}
+	if force {
+		return nil
+	}
+	hw, err := HardwareVirt()
+	if err != nil {
+		return err
+	}
+	if !hw {
+		return fmt.Errorf("vmm: %w", ErrNoHardwareVirt)
+	}
+	return nil
+}
+
+func (v *VM) openKVM() error {
+	if err := CheckHost(v.cfg.Force || v.cfg.Micro != nil); err != nil {
+		return err
 	}
 	var err error
 	if v.sys, err = kvm.Open(); err != nil {

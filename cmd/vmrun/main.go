@@ -1,0 +1,172 @@
+// Command vmrun boots a Linux guest on KVM with its console on stdio:
+//
+//	vmrun [-kernel PATH] [-initrd PATH] [-append STR] [-m 512M] [-cpus 2] [-v] [-force]
+//
+// Without -kernel it boots the kernel `make kernel` provisioned; without -initrd, an
+// initramfs holding the ptvmm guest agent as /init. vmrun exits with the status the
+// agent reports ("ptvmm-agent: exit status N"), 0 when the guest shuts down without
+// one, and 1 with a message when the VMM fails. With a terminal on stdin, the
+// terminal is raw (keys go to the guest); Ctrl-A x quits.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/ptvmm/ptvmm/vmm"
+)
+
+// defaultAppend suits the agent initramfs: serial console, reboot through the
+// i8042 (our shutdown), reboot instead of hanging on panic, one UART probed.
+const defaultAppend = "console=ttyS0 reboot=k panic=-1 8250.nr_uarts=1 no_timer_check"
+
+func main() {
+	start := time.Now()
+	os.Exit(run(start, os.Args[1:]))
+}
+
+func run(start time.Time, args []string) int {
+	fs := flag.NewFlagSet("vmrun", flag.ContinueOnError)
+	kernel := fs.String("kernel", "", "bzImage to boot (default: the kernel 'make kernel' provisions)")
+	initrd := fs.String("initrd", "", "initramfs (default: one with the ptvmm guest agent as /init)")
+	appendArgs := fs.String("append", defaultAppend, "kernel command line")
+	memFlag := fs.String("m", "512M", "guest RAM, with suffix K, M or G (no suffix: MiB)")
+	cpus := fs.Int("cpus", 1, "number of vCPUs")
+	verbose := fs.Bool("v", false, "print timings and VMM events to stderr")
+	force := fs.Bool("force", os.Getenv("PTVMM_FORCE") != "", "boot even where KVM has no hardware virtualization (also $PTVMM_FORCE)")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(os.Stderr, "vmrun: unexpected argument %q; see vmrun -h\n", fs.Arg(0))
+		return 2
+	}
+	mem, err := parseSize(*memFlag)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "vmrun: -m: %v\n", err)
+		return 2
+	}
+	level := slog.LevelWarn
+	if *verbose {
+		level = slog.LevelDebug
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+
+	// Check the host before building anything.
+	if err := vmm.CheckHost(*force); err != nil {
+		return hostError(err)
+	}
+	cfg := vmm.Config{Cmdline: *appendArgs, MemSize: mem, CPUs: *cpus, Force: *force, Log: log, Start: start}
+	if cfg.Kernel, err = kernelPath(*kernel); err != nil {
+		fmt.Fprintf(os.Stderr, "vmrun: %v\n", err)
+		return 1
+	}
+	if *initrd != "" {
+		cfg.Initrd = *initrd
+	} else if cfg.Initrd, cfg.InitrdImage, err = defaultInitrd(); err != nil {
+		fmt.Fprintf(os.Stderr, "vmrun: %v\n", err)
+		return 1
+	}
+	log.Debug("inputs ready", "since_start", time.Since(start))
+
+	watch := vmm.NewAgentWatcher(os.Stdout)
+	cfg.Console = watch
+	ctx, cancel := signal.NotifyContext(context.Background(), unix.SIGINT, unix.SIGTERM)
+	defer cancel()
+	var userQuit bool
+	if restore, ok := rawTerminal(int(os.Stdin.Fd())); ok {
+		defer restore()
+		cfg.Input = &escapeReader{r: os.Stdin, quit: func() { userQuit = true; cancel() }}
+	} else {
+		cfg.Input = os.Stdin
+	}
+
+	vm, err := vmm.New(cfg)
+	if err != nil {
+		return hostError(err)
+	}
+	defer vm.Close()
+	err = vm.Run(ctx)
+	t := vm.Timings()
+	log.Debug("timings", "start_to_first_kvm_run", t.FirstEntry, "start_to_first_exit", t.FirstExit,
+		"kvm_open", t.KVMOpen, "memory", t.MemoryMapped, "loaded", t.GuestLoaded, "vcpus", t.VCPUsCreated,
+		"total", time.Since(start))
+	switch {
+	case err == nil:
+	case errors.Is(err, context.Canceled):
+		if userQuit {
+			return 0
+		}
+		fmt.Fprintln(os.Stderr, "\r\nvmrun: interrupted")
+		return 130
+	default:
+		fmt.Fprintf(os.Stderr, "\r\nvmrun: %v\n", err)
+		return 1
+	}
+	if n, ok := watch.ExitStatus(); ok {
+		return n
+	}
+	return 0
+}
+
+// hostError prints one line for err and returns exit status 1.
+func hostError(err error) int {
+	switch {
+	case errors.Is(err, vmm.ErrNoHardwareVirt):
+		fmt.Fprintln(os.Stderr, "vmrun: this host's KVM has no hardware virtualization (no vmx/svm CPU flag), so Linux would crawl; `make demo` runs vmrun inside the QEMU test host (-force tries here anyway)")
+	case errors.Is(err, vmm.ErrNoKVM):
+		fmt.Fprintf(os.Stderr, "vmrun: %v; load the kvm module and make /dev/kvm accessible (or run `make demo` for the QEMU test host)\n", err)
+	default:
+		fmt.Fprintf(os.Stderr, "vmrun: %v\n", err)
+	}
+	return 1
+}
+
+// escapeReader passes input through until Ctrl-A x, which calls quit. Ctrl-A Ctrl-A
+// sends one Ctrl-A.
+type escapeReader struct {
+	r       io.Reader
+	quit    func()
+	pending bool // saw Ctrl-A
+}
+
+const ctrlA = 0x01
+
+func (e *escapeReader) Read(p []byte) (int, error) {
+	for {
+		n, err := e.r.Read(p)
+		out := 0
+		for _, b := range p[:n] {
+			if e.pending {
+				e.pending = false
+				switch b {
+				case 'x', 'X':
+					e.quit()
+					return out, io.EOF
+				case ctrlA:
+					p[out] = ctrlA
+					out++
+				}
+				continue
+			}
+			if b == ctrlA {
+				e.pending = true
+				continue
+			}
+			p[out] = b
+			out++
+		}
+		if out > 0 || err != nil {
+			return out, err
+		}
+	}
+}
