@@ -212,6 +212,9 @@ func (a *Asm) In32() { a.emit(0xed) }
 func (a *Asm) Push(r Reg) { a.emit(0x50 + byte(r)) }
 func (a *Asm) Pop(r Reg)  { a.emit(0x58 + byte(r)) }
 
+// Int raises software interrupt n (the gate must have DPL 3 when called at CPL3).
+func (a *Asm) Int(n uint8) { a.emit(0xcd, n) }
+
 // Single-byte and fixed instructions.
 func (a *Asm) Hlt()   { a.emit(0xf4) }
 func (a *Asm) Sti()   { a.emit(0xfb) }

@@ -40,6 +40,7 @@ func sample(a *Asm) {
 	a.Cli()
 	a.Pause()
 	a.Iretq()
+	a.Int(0x60)
 }
 
 const gasSample = `
@@ -75,6 +76,7 @@ sti
 cli
 pause
 iretq
+int 0x60
 `
 
 func TestEncodingMatchesGNUAs(t *testing.T) {

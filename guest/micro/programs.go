@@ -104,15 +104,21 @@ func (a *Asm) CountingHandler(counter uint64) Label {
 	return l
 }
 
-// WaitCounter spins until the qword at counter is >= target (unsigned), then reports
-// the counter at DoneAddr and stops.
-func (a *Asm) WaitCounter(counter, target uint64) {
+// SpinUntil spins until the qword at counter is >= target (unsigned), leaving it in
+// RAX (clobbers RBX, RCX).
+func (a *Asm) SpinUntil(counter, target uint64) {
 	a.MovImm(RBX, counter)
 	a.MovImm(RCX, target)
 	wait := a.Here()
 	a.Load64(RAX, RBX, 0)
 	a.Cmp(RAX, RCX)
 	a.J(Below, wait)
+}
+
+// WaitCounter spins until the qword at counter is >= target (unsigned), then reports
+// the counter at DoneAddr and stops.
+func (a *Asm) WaitCounter(counter, target uint64) {
+	a.SpinUntil(counter, target)
 	a.Report(DoneAddr)
 	a.Halt()
 }
