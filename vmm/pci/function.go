@@ -119,7 +119,6 @@ func (f *Function) BARError(i int) error {
 func (f *Function) put16(off int, v uint16) { binary.LittleEndian.PutUint16(f.cfg[off:], v) }
 func (f *Function) put32(off int, v uint32) { binary.LittleEndian.PutUint32(f.cfg[off:], v) }
 func (f *Function) get16(off int) uint16    { return binary.LittleEndian.Uint16(f.cfg[off:]) }
-func (f *Function) get32(off int) uint32    { return binary.LittleEndian.Uint32(f.cfg[off:]) }
 
 func validateSpec(s *Spec, haveMapper bool) error {
 	for i := 0; i < 6; i++ {
