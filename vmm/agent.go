@@ -14,7 +14,9 @@ import (
 const maxLine = 512
 
 // AgentWatcher passes console output through to a writer and watches it for the
-// guest agent's lines: "ptvmm-agent: ready" and "ptvmm-agent: exit status N".
+// guest agent's lines: "ptvmm-agent: ready" and "ptvmm-agent: exit status N", and
+// for the kernel's "Kernel panic - not syncing: ..." (with panic=-1 a panicking guest
+// reboots, which would otherwise look like a clean shutdown).
 //
 // Concurrency: Write is called by the UART (one writer at a time); ExitStatus and
 // Ready may be called from any goroutine.
@@ -27,7 +29,11 @@ type AgentWatcher struct {
 	hasStatus bool
 	ready     chan struct{}
 	isReady   bool
+	panicMsg  string
 }
+
+// panicPrefix starts the kernel's panic line.
+const panicPrefix = "Kernel panic - not syncing: "
 
 // NewAgentWatcher returns a watcher writing through to w (nil: discard).
 func NewAgentWatcher(w io.Writer) *AgentWatcher {
@@ -67,6 +73,13 @@ func (a *AgentWatcher) scan(line string) {
 		a.status, a.hasStatus = n, true
 		return
 	}
+	if i := strings.Index(line, panicPrefix); i >= 0 && a.panicMsg == "" {
+		a.panicMsg = strings.TrimSpace(line[i+len(panicPrefix):])
+		if a.panicMsg == "" {
+			a.panicMsg = "(no message)"
+		}
+		return
+	}
 	if !a.isReady && strings.HasSuffix(strings.TrimSpace(line), protocol.ReadyLine) {
 		a.isReady = true
 		close(a.ready)
@@ -78,6 +91,13 @@ func (a *AgentWatcher) ExitStatus() (int, bool) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return a.status, a.hasStatus
+}
+
+// Panic is the message of the first kernel panic seen, if any.
+func (a *AgentWatcher) Panic() (string, bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.panicMsg, a.panicMsg != ""
 }
 
 // Ready is closed when the agent's ready line has been seen.

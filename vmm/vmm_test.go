@@ -132,6 +132,21 @@ func TestAgentWatcher(t *testing.T) {
 	}
 }
 
+func TestAgentWatcherPanic(t *testing.T) {
+	w := NewAgentWatcher(nil)
+	if _, ok := w.Panic(); ok {
+		t.Fatal("panic before any output")
+	}
+	w.Write([]byte("[    2.5] Kernel panic - not syncing: VFS: Unable to mount root fs\r\n"))
+	w.Write([]byte("[    2.6] Kernel panic - not syncing: second\r\n"))
+	if msg, ok := w.Panic(); !ok || msg != "VFS: Unable to mount root fs" {
+		t.Errorf("panic %q %v", msg, ok)
+	}
+	if _, ok := w.ExitStatus(); ok {
+		t.Error("panic line taken for an exit status")
+	}
+}
+
 func TestAgentWatcherLongLine(t *testing.T) {
 	w := NewAgentWatcher(nil)
 	w.Write(bytes.Repeat([]byte("x"), 100000))

@@ -5,7 +5,7 @@
 // Without -kernel it boots the kernel `make kernel` provisioned; without -initrd, an
 // initramfs holding the ptvmm guest agent as /init. vmrun exits with the status the
 // agent reports ("ptvmm-agent: exit status N"), 0 when the guest shuts down without
-// one, and 1 with a message when the VMM fails. With a terminal on stdin, the
+// one, and 1 with a message when the VMM fails or the guest kernel panicked. With a terminal on stdin, the
 // terminal is raw (keys go to the guest); Ctrl-A x quits.
 package main
 
@@ -114,6 +114,10 @@ func run(start time.Time, args []string) int {
 	}
 	if n, ok := watch.ExitStatus(); ok {
 		return n
+	}
+	if msg, ok := watch.Panic(); ok {
+		fmt.Fprintf(os.Stderr, "\r\nvmrun: guest kernel panic: %s\n", msg)
+		return 1
 	}
 	return 0
 }
