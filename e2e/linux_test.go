@@ -142,19 +142,7 @@ func bootGuest(t *testing.T, dir, guestCmd string) bootResult {
 // agent, the agent runs a command, and vmrun exits with the command's status.
 func TestLinuxBoot(t *testing.T) {
 	dir := requireAssets(t)
-	version, err := os.ReadFile(filepath.Join(dir, testhost.AssetKernelDir, "VERSION"))
-	require.NoError(t, err)
-	release := strings.TrimSpace(string(version))
-
-	for _, c := range []struct {
-		name   string
-		cmd    string
-		status int
-		output string // a console line must be exactly this
-	}{
-		{"uname_status_0", "/bin/ptvmm-agent uname -r", 0, release},
-		{"exit_status_7", "/bin/ptvmm-agent exit 7", 7, ""},
-	} {
+	for _, c := range guestCases(t, dir) {
 		t.Run(c.name, func(t *testing.T) {
 			res := bootGuest(t, dir, c.cmd)
 			out := res.console.text()

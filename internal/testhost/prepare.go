@@ -192,7 +192,8 @@ const GuestLogEnv = "PTVMM_E2E_GUEST_LOG"
 // GuestCmdline is the inner guest's kernel command line: the agent runs cmd;
 // extra are more words (e.g. from GuestModuleArg).
 func GuestCmdline(cmd string, extra ...string) string {
-	app := []string{"console=ttyS0", "reboot=k", "panic=-1"}
+	// As vmrun's default -append: one UART probed, no timer check (slow under TCG).
+	app := []string{"console=ttyS0", "reboot=k", "panic=-1", "8250.nr_uarts=1", "no_timer_check"}
 	if os.Getenv(GuestLogEnv) == "" {
 		app = append(app, "quiet")
 	}
