@@ -113,3 +113,18 @@ func BenchmarkIRQFDInterrupt(b *testing.B) {
 	require.ErrorIs(b, r.Err, kvmtest.ErrStopped)
 	require.Equal(b, i, g.Uint64(counterAddr))
 }
+
+// BenchmarkKickInterruptRoundTrip: guest kick (ioeventfd) -> Worker -> MSI (irqfd) ->
+// guest handler, per waiting mode of the worker.
+func BenchmarkKickInterruptRoundTrip(b *testing.B) {
+	for _, mode := range []notify.Mode{notify.Block, notify.Adaptive, notify.Poll} {
+		b.Run(mode.String(), func(b *testing.B) {
+			g := pingPongGuest(b, uint64(b.N))
+			startEcho(b, g, mode)
+			b.ResetTimer()
+			v, err := g.Run(time.Hour)
+			require.NoError(b, err)
+			require.Equal(b, uint32(b.N), v)
+		})
+	}
+}

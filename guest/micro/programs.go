@@ -190,3 +190,26 @@ func (a *Asm) ToUser(userCS, userSS uint16, ifFlag bool) {
 	a.Bind(next)
 	a.patches = append(a.patches, patch{at: ripAt, label: next})
 }
+
+// PingPong rings the doorbell at addr (a 32-bit MMIO store) n times, each time waiting
+// until the qword at counter (incremented by an interrupt handler) has caught up, then
+// reports n at DoneAddr: a guest driver kicking a host worker and waiting for its
+// interrupt. Clobbers RAX, RBX, RCX, RDX, RSI, RDI.
+func (a *Asm) PingPong(addr, counter, n uint64) {
+	a.MovImm(RSI, addr)
+	a.MovImm(RBX, counter)
+	a.MovImm(RDI, 0)
+	a.MovImm(RCX, n)
+	loop := a.Here()
+	a.Inc(RDI)
+	a.Store32(RSI, 0, RAX)
+	spin := a.Here()
+	a.Load64(RAX, RBX, 0)
+	a.Cmp(RAX, RDI)
+	a.J(Below, spin)
+	a.Cmp(RDI, RCX)
+	a.J(Below, loop)
+	a.Mov(RAX, RDI)
+	a.Report(DoneAddr)
+	a.Halt()
+}
