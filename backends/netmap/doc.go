@@ -12,15 +12,17 @@
 // objects. PoolsInfo() gives nmreq_pools_info (memsize, mem id, pool offsets, object
 // totals and sizes) for the ptnet memdev registers; FD() and Bytes() expose the memory.
 // Buffers 0 and 1 are reserved: ValidBuf(idx) is false for them and for idx >= NumBufs.
-// Buf(idx) is the buffer or nil. Regions are reference counted (Ref/Close).
+// Buf(idx) is the buffer or nil. Regions are reference counted (Ref/Close). The memfd
+// is MapSize() bytes, Size() rounded up to a power of two, so it can back a PCI BAR.
 //
 // Port (port.go): NewPort(PortConfig) allocates a netmap_if and rings in a private
 // region (default; RegionConfigFor gives its size, as netmap's private allocator) or in
 // PortConfig.Region. Rings: TxRing(i)/RxRing(i) with HW rings 0..N-1 then the host ring
 // (HostRings is 0 by default, or 1). ring_ofs order in the netmap_if: HW tx, host tx, HW
 // rx, host rx; ni_host_*_rings always reports at least 1 (ring_ofs 0 when absent), as
-// netmap does. Krings() lists TX then RX (the ptnet ring numbering). Defaults: 1 ring
-// pair, 1024 slots, 2048-B buffers.
+// netmap does. Krings() lists TX then RX (the ptnet ring numbering). Info() is the
+// nmreq_port_info_get. Defaults: 1 ring pair, 1024 slots, 2048-B buffers. Close waits
+// for running syncs and outstanding leases, then syncs return ErrClosed.
 //
 // Kring (kring.go): the kernel side of one ring (netmap_kring): hwcur, hwtail, hwlease,
 // rhead/rcur/rtail. The ring's user calls Sync (head/cur from the netmap_ring) or a
@@ -59,7 +61,9 @@
 // "@share=port", "@N".
 //
 // Endpoint (endpoint.go): a backends.Port on top of ring 0 of a port, acting as the
-// port's user (Send fills TX slots and syncs; Recv syncs and copies out RX frames).
+// port's user (Send fills TX slots and syncs, and takes back with Kring.TxRetract what
+// the port could not take; Recv syncs and copies out RX frames). ReadyFD is an eventfd
+// written when the RX ring gets frames.
 //
 // All region bytes are accessed by explicit little-endian encoding or, for the u32
 // ring indices, by atomics (mem_unsafe.go); nothing casts region memory to Go structs,

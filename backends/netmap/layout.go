@@ -183,3 +183,31 @@ func putSlot(b []byte, off uint64, v Slot) {
 	le.PutUint16(s[6:], v.Flags)
 	le.PutUint64(s[8:], v.Ptr)
 }
+
+// PortInfoSize is sizeof(struct nmreq_port_info_get).
+const PortInfoSize = 32
+
+// PortInfo is struct nmreq_port_info_get: what NETMAP_REQ_PORT_INFO_GET reports, and
+// what the ptnet registers NIFP_OFS/NUM_* refresh from (with the nifp offset).
+type PortInfo struct {
+	MemSize                  uint64
+	TxSlots, RxSlots         uint32
+	TxRings, RxRings         uint16
+	HostTxRings, HostRxRings uint16
+	MemID                    uint16
+}
+
+// Encode writes p as nmreq_port_info_get into b[:PortInfoSize] (padding zeroed).
+func (p PortInfo) Encode(b []byte) {
+	b = b[:PortInfoSize]
+	clear(b)
+	le := binary.LittleEndian
+	le.PutUint64(b[0:], p.MemSize)
+	le.PutUint32(b[8:], p.TxSlots)
+	le.PutUint32(b[12:], p.RxSlots)
+	le.PutUint16(b[16:], p.TxRings)
+	le.PutUint16(b[18:], p.RxRings)
+	le.PutUint16(b[20:], p.HostTxRings)
+	le.PutUint16(b[22:], p.HostRxRings)
+	le.PutUint16(b[24:], p.MemID)
+}

@@ -368,3 +368,27 @@ func TestPortCloseFreesEverything(t *testing.T) {
 		t.Fatalf("failed open leaked buffers: %d free, want %d", got, free)
 	}
 }
+
+func TestPortInfo(t *testing.T) {
+	p, err := NewPort(PortConfig{Name: "pi", TxRings: 2, RxRings: 3, TxSlots: 64, RxSlots: 128})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	in := p.Info()
+	if in.MemSize != p.Region().Size() || in.MemID != p.Region().ID() || in.TxSlots != 64 || in.RxSlots != 128 ||
+		in.TxRings != 2 || in.RxRings != 3 || in.HostTxRings != 1 || in.HostRxRings != 1 {
+		t.Fatalf("info %+v", in)
+	}
+	b := make([]byte, 32)
+	for i := range b {
+		b[i] = 0xee
+	}
+	in.Encode(b)
+	le := binary.LittleEndian
+	if le.Uint64(b[0:]) != in.MemSize || le.Uint32(b[8:]) != 64 || le.Uint32(b[12:]) != 128 || le.Uint16(b[16:]) != 2 ||
+		le.Uint16(b[18:]) != 3 || le.Uint16(b[20:]) != 1 || le.Uint16(b[22:]) != 1 || le.Uint16(b[24:]) != in.MemID ||
+		le.Uint16(b[26:]) != 0 || le.Uint32(b[28:]) != 0 {
+		t.Fatalf("encoded % x", b)
+	}
+}

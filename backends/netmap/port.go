@@ -384,3 +384,15 @@ func (f *If) RxRing(i int) (*Ring, error) {
 	}
 	return f.ring(uint32(i) + f.txRings + f.hostTx)
 }
+
+// Info is the port's nmreq_port_info_get. Host ring counts are what the netmap_if
+// reports (at least 1).
+func (p *Port) Info() PortInfo {
+	host := uint16(max(p.nHost, 1))
+	return PortInfo{
+		MemSize: p.reg.Size(), MemID: p.reg.ID(),
+		TxSlots: p.tx[0].num, RxSlots: p.rx[0].num,
+		TxRings: uint16(p.nTx), RxRings: uint16(p.nRx),
+		HostTxRings: host, HostRxRings: host,
+	}
+}
