@@ -104,7 +104,11 @@ func demoCommand(a *testhost.Assets, direct bool) string {
 		dir = testhost.TestHostAssets
 		vmrun = filepath.Join(dir, testhost.AssetVMRun)
 	}
-	return shellJoin(testhost.VMRunArgs(vmrun, dir, "/bin/ptvmm-agent uname -a"))
+	// The demo shows the guest's whole boot log and vmrun's timings (-v).
+	os.Setenv(testhost.GuestLogEnv, "1")
+	args := testhost.VMRunArgs(vmrun, dir, "/bin/ptvmm-agent uname -a")
+	args = append(args[:1], append([]string{"-v"}, args[1:]...)...)
+	return shellJoin(args)
 }
 
 // shellJoin quotes args for the agent's command splitter (POSIX-like).
@@ -203,6 +207,14 @@ func runQEMU(ctx context.Context, a *testhost.Assets, run, guestCmd string, env 
 		fmt.Printf("  qemu wall time: %.1fs\n", res.Elapsed.Seconds())
 	}
 	el := time.Since(t).Seconds()
+	if !tests {
+		if !ok {
+			fmt.Printf("testhost: FAIL (%.1fs)\n", el)
+			return 1
+		}
+		fmt.Printf("testhost: ok (%.1fs)\n", el)
+		return 0
+	}
 	if !ok {
 		fmt.Printf("FAIL\t%s\t%.3fs\n", e2eImport, el)
 		return 1
