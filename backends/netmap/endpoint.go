@@ -69,7 +69,7 @@ func (e *Endpoint) Truncated() uint64 { return e.truncated.Load() }
 // the ring, so nothing stays queued behind the caller's back.
 func (e *Endpoint) Send(frames [][]byte) (int, error) {
 	r := e.tx
-	bs := int(r.BufSize())
+	bs := min(int(r.BufSize()), 0xffff) // slot len is a u16
 	head := r.Head()
 	space := r.Space()
 	synced := false

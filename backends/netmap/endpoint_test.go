@@ -128,3 +128,25 @@ func TestEndpointFull(t *testing.T) {
 		}
 	}
 }
+
+// 64 KiB buffers: a slot carries at most 65535 bytes (len is a u16).
+func TestEndpointMaxBufSize(t *testing.T) {
+	m, s, err := NewPipe("big", "0", PortConfig{TxSlots: 4, BufSize: MaxBufSize})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, _ := NewEndpoint(m, true)
+	defer a.Close()
+	b, _ := NewEndpoint(s, true)
+	defer b.Close()
+	f := bytes.Repeat([]byte{5}, 65536)
+	f[65535] = 6
+	if n, err := a.Send([][]byte{f}); n != 1 || err != nil {
+		t.Fatalf("send %d %v", n, err)
+	}
+	out := [][]byte{make([]byte, 70000)}
+	lens := []int{0}
+	if n, err := b.Recv(out, lens); n != 1 || err != nil || lens[0] != 65536 || out[0][65535] != 6 {
+		t.Fatalf("recv %d len %d err %v", n, lens[0], err)
+	}
+}

@@ -507,10 +507,11 @@ func (k *Kring) SetSlotLen(pos uint32, n, flags uint16) {
 }
 
 // RxFill copies data into leased RX slot pos and sets its len and flags. A bad buffer
-// index or data longer than a buffer makes a zero-length slot (counted); false then.
+// index or data longer than a buffer (or than a u16 len) makes a zero-length slot
+// (counted); false then.
 func (k *Kring) RxFill(pos uint32, data []byte, flags uint16) bool {
 	b := k.RxSlotBuf(pos)
-	if b == nil || len(data) > len(b) {
+	if b == nil || len(data) > len(b) || len(data) > 0xffff {
 		k.badSlots.Add(1)
 		k.SetSlotLen(pos, 0, flags)
 		return false
