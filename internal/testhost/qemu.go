@@ -9,7 +9,6 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
@@ -93,13 +92,7 @@ func Boot(ctx context.Context, cfg Config) (*Result, error) {
 		return nil, fmt.Errorf("testhost: start %s: %w", bin, err)
 	}
 	res := &Result{ExitStatus: -1}
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		res.scan(out, start, cfg.Console)
-	}()
-	wg.Wait() // stdout closes when qemu exits or is killed
+	res.scan(out, start, cfg.Console) // until stdout closes: qemu exited or was killed
 	werr := cmd.Wait()
 	res.Elapsed = time.Since(start)
 

@@ -1,0 +1,61 @@
+package testhost
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// fakeQEMU writes a shell script standing in for qemu.
+func fakeQEMU(t *testing.T, body string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "qemu")
+	require.NoError(t, os.WriteFile(p, []byte("#!/bin/sh\n"+body+"\n"), 0o755))
+	return p
+}
+
+func TestBootParsesConsole(t *testing.T) {
+	q := fakeQEMU(t, `printf 'booting\r\nptvmm-agent: ready\r\n--- PASS: TestA (0.50s)\r\n--- FAIL: TestB (1.00s)\r\nptvmm-agent: exit status 1\r\n'`)
+	var console strings.Builder
+	res, err := Boot(context.Background(), Config{QEMU: q, Timeout: time.Minute, Console: &console})
+	require.NoError(t, err)
+	assert.Positive(t, res.Ready)
+	assert.Equal(t, 1, res.ExitStatus)
+	assert.Equal(t, []TestResult{{"TestA", "PASS", 500 * time.Millisecond}, {"TestB", "FAIL", time.Second}}, res.Tests)
+	assert.Contains(t, console.String(), "ptvmm-agent: ready\n", "console lines lose their \\r")
+}
+
+// A stuck guest must not hang the run: qemu is killed at the timeout, and
+// the error carries the last console lines.
+func TestBootTimeoutKills(t *testing.T) {
+	q := fakeQEMU(t, `echo 'last words'; exec sleep 600`)
+	start := time.Now()
+	res, err := Boot(context.Background(), Config{QEMU: q, Timeout: 500 * time.Millisecond})
+	require.Error(t, err)
+	assert.Less(t, time.Since(start), 30*time.Second)
+	assert.Contains(t, err.Error(), "timed out")
+	assert.Contains(t, err.Error(), "last words")
+	assert.Equal(t, -1, res.ExitStatus)
+}
+
+func TestBootQEMUFailure(t *testing.T) {
+	q := fakeQEMU(t, `echo 'qemu: could not load kernel' >&2; exit 1`)
+	_, err := Boot(context.Background(), Config{QEMU: q, Timeout: time.Minute})
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "could not load kernel")
+}
+
+func TestConfigArgs(t *testing.T) {
+	args := Config{Kernel: "k", Initrd: "i", Append: "a b"}.Args()
+	joined := strings.Join(args, " ")
+	for _, want := range []string{"-accel tcg", "-cpu max", "-m 4096", "-smp 2", "-no-reboot", "-kernel k", "-initrd i", "-nodefaults"} {
+		assert.Contains(t, joined, want)
+	}
+	assert.Equal(t, "a b", args[len(args)-1], "the command line is one argument")
+}
