@@ -353,10 +353,12 @@ func (k *Kring) TxScan(from uint32, frags []Frag) (n int, next uint32) {
 	for pos != end {
 		p, nf, bad, complete := pos, 0, false, false
 		for p != end {
-			s := getSlot(k.mem, k.slotOff(p))
-			f := Frag{Slot: p, BufIdx: s.BufIdx, Len: s.Len, Flags: s.Flags}
-			if b := k.reg.Buf(s.BufIdx); b != nil && uint32(s.Len) <= bufSize {
-				f.Data = b[:s.Len]
+			o := k.slotOff(p)
+			sb := k.mem[o : o+8 : o+8] // buf_idx, len, flags: read once
+			f := Frag{Slot: p, BufIdx: binary.LittleEndian.Uint32(sb), Len: binary.LittleEndian.Uint16(sb[4:]),
+				Flags: binary.LittleEndian.Uint16(sb[6:])}
+			if b := k.reg.Buf(f.BufIdx); b != nil && uint32(f.Len) <= bufSize {
+				f.Data = b[:f.Len]
 			} else {
 				bad = true
 			}
@@ -365,7 +367,7 @@ func (k *Kring) TxScan(from uint32, frags []Frag) (n int, next uint32) {
 			}
 			nf++
 			p = k.Next(p)
-			if s.Flags&NSMoreFrag == 0 {
+			if f.Flags&NSMoreFrag == 0 {
 				complete = true
 				break
 			}
