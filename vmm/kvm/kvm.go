@@ -156,7 +156,7 @@ func (v *VM) Close() error { return unix.Close(v.fd) }
 
 // SetTSSAddr places the three-page TSS region Intel VMX needs for real mode (KVM_SET_TSS_ADDR).
 func (v *VM) SetTSSAddr(gpa uint64) error {
-	if _, err := ioctl(v.fd, kvmSetTSSAddr, uintptr(gpa)); err != nil {
+	if _, err := v.ioctl(kvmSetTSSAddr, uintptr(gpa)); err != nil {
 		return fmt.Errorf("kvm: KVM_SET_TSS_ADDR %#x: %w", gpa, err)
 	}
 	return nil
@@ -174,7 +174,7 @@ func (v *VM) SetIdentityMapAddr(gpa uint64) error {
 // CreateIRQChip creates the in-kernel PIC pair, IOAPIC and per-vCPU local APICs. Call
 // before creating vCPUs.
 func (v *VM) CreateIRQChip() error {
-	if _, err := ioctl(v.fd, kvmCreateIRQChip, 0); err != nil {
+	if _, err := v.ioctl(kvmCreateIRQChip, 0); err != nil {
 		return fmt.Errorf("kvm: KVM_CREATE_IRQCHIP: %w", err)
 	}
 	return nil

@@ -19,7 +19,7 @@ type VCPU struct {
 
 // CreateVCPU creates vCPU id (also its initial APIC ID) and maps its kvm_run page.
 func (v *VM) CreateVCPU(id int) (*VCPU, error) {
-	fd, err := ioctl(v.fd, kvmCreateVCPU, uintptr(id))
+	fd, err := v.ioctl(kvmCreateVCPU, uintptr(id))
 	if err != nil {
 		return nil, fmt.Errorf("kvm: KVM_CREATE_VCPU %d: %w", id, err)
 	}
