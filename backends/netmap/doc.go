@@ -65,6 +65,13 @@
 // the port could not take; Recv syncs and copies out RX frames). ReadyFD is an eventfd
 // written when the RX ring gets frames.
 //
+// Trust: the kernel side never takes geometry (slot counts, buffer size, offsets) from
+// region memory, and checks every index and length it reads there, so a ring's user
+// cannot make it panic or touch memory outside the region. Ports sharing a region
+// (pipes, @share) share buffers: a hostile user of one can corrupt the other's
+// frames, as in netmap, and buffer indices found in its slots or ni_bufs_head at Close
+// are freed as its own. Give untrusted users private regions.
+//
 // All region bytes are accessed by explicit little-endian encoding or, for the u32
 // ring indices, by atomics (mem_unsafe.go); nothing casts region memory to Go structs,
 // and every index read from shared memory is checked before use.

@@ -243,3 +243,30 @@ func TestCloseWaitsForLeases(t *testing.T) {
 		t.Fatalf("CSB sync after close: %v", err)
 	}
 }
+
+// A pipe end's user overwrites the other end's ring header (they share a region): the
+// kernel side and the user views built by the port keep using the real geometry.
+func TestCorruptRingHeaderGeometry(t *testing.T) {
+	m, s := newTestPipe(t, 8)
+	rk := s.RxRing(0)
+	h := s.Region().Bytes()[rk.Offset():]
+	binary.LittleEndian.PutUint32(h[RingNumSlotsOff:], 0xffffffff)
+	binary.LittleEndian.PutUint32(h[RingBufSizeOff:], 3)
+	binary.LittleEndian.PutUint64(h[RingBufOfsOff:], 1<<62)
+	tx := m.UserRing(m.TxRing(0))
+	userSend(t, tx, [][][]byte{{[]byte("still fine")}})
+	if err := m.TxRing(0).Sync(0); err != nil {
+		t.Fatal(err)
+	}
+	if err := rk.Sync(0); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := userRecv(s.UserRing(rk))
+	if len(got) != 1 || string(got[0][0]) != "still fine" {
+		t.Fatalf("got %q", got)
+	}
+	// A user view opened from the corrupted memory is refused, not trusted.
+	if _, err := NewRing(s.Region().Bytes(), rk.Offset()); err == nil {
+		t.Fatal("corrupted ring header accepted by NewRing")
+	}
+}

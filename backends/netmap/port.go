@@ -263,13 +263,11 @@ func (p *Port) Krings() []*Kring {
 	return append(append([]*Kring(nil), p.tx...), p.rx...)
 }
 
-// UserRing returns the user view of kring k of this port.
+// UserRing returns the user view of kring k of this port. It is built from the
+// kernel's own geometry, not from the ring header, which the ring's user (or, in a
+// shared region, another port's user) may have overwritten.
 func (p *Port) UserRing(k *Kring) *Ring {
-	r, err := NewRing(p.reg.mem, k.off)
-	if err != nil {
-		panic(err) // the port wrote this header itself
-	}
-	return r
+	return &Ring{mem: k.mem, off: k.off, num: k.num, bufSize: k.reg.buf.objSize, bufBase: int64(k.reg.buf.off), dir: k.dir}
 }
 
 // OnClose registers fn to run when the port closes, before its memory is released.
