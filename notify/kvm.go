@@ -146,7 +146,8 @@ func (i *Interrupt) Close() error {
 // MSIXVectors backs a device's MSI-X vectors with one GSI route and one irqfd each. It
 // implements pci.MSIRouter.
 //
-// Concurrency: safe for concurrent use.
+// Concurrency: RouteMSI, FireMSI and Vector may be called from any goroutine; Close
+// must not race with them (stop the device's workers first).
 type MSIXVectors struct {
 	routes *kvm.GSIRouting
 	mu     sync.Mutex

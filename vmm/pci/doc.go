@@ -16,7 +16,10 @@
 // somewhere legal; out-of-range config and MSI-X table accesses are ignored and read as
 // PCI does (all-ones for absent functions, zero for reserved fields).
 //
-// INTx routing: pin INTA of the device in slot s is wired to IOAPIC GSI IntxGSI(s).
+// INTx routing: pin INTA of the device in slot s is wired to IOAPIC GSI IntxGSI(s)
+// (16 + s%8, level-triggered); the interrupt line register says so, and firmware tables
+// must too (an ACPI _PRT entry per slot: Linux ignores interrupt line values above 15
+// when ACPI has no _PRT).
 // Concurrency: every exported method may be called from any vCPU goroutine; each
 // Function serialises its own state.
 package pci
