@@ -294,6 +294,7 @@ func FuzzOpenIf(f *testing.F) {
 			return
 		}
 		_ = fi.Name()
+		fi.SetBufsHead(fi.BufsHead() + 1)
 		for i := 0; i < 3; i++ {
 			for _, open := range []func(int) (*Ring, error){fi.TxRing, fi.RxRing} {
 				r, err := open(i)

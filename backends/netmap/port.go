@@ -318,8 +318,8 @@ type If struct {
 
 // OpenIf reads the netmap_if at nifp in mem.
 func OpenIf(mem []byte, nifp uint64) (*If, error) {
-	if nifp > uint64(len(mem)) || uint64(len(mem))-nifp < IfHeaderSize {
-		return nil, fmt.Errorf("netmap: netmap_if at %#x is outside the %d-byte region", nifp, len(mem))
+	if nifp%8 != 0 || nifp > uint64(len(mem)) || uint64(len(mem))-nifp < IfHeaderSize {
+		return nil, fmt.Errorf("netmap: netmap_if at %#x is outside the %d-byte region or misaligned", nifp, len(mem))
 	}
 	le := binary.LittleEndian
 	h := mem[nifp:]
