@@ -18,9 +18,17 @@
 // Ports: NewPort creates a netmap port with a private region (its Region is what a
 // ptnet device maps into a guest; the device's host loop drives the rings through
 // netmap.Kring.SyncCSB, which forwards); Attach adopts an existing netmap port;
-// AttachBackend connects any backends.Port (a TAP) through a pump (BackendPort). Each
-// port has Counters and optional Monitors (the pcap package writes them to a file).
-// WriteList formats switches, ports and counters.
+// OpenEndpoint gives a device that speaks backends.Port (virtio-net) a port of its
+// own; AttachBackend connects any backends.Port (a TAP) through a pump (BackendPort).
+// Frames in the switch are plain Ethernet (no virtio-net header). Each port has
+// Counters and optional Monitors (the pcap package writes them to a file). WriteList
+// formats switches, ports and counters for a `vmrun vale` listing.
+//
+// Slot flags honoured on TX: NS_MOREFRAG (chains up to netmap.MaxFrags slots) and
+// NS_NO_LEARN (with the default lookup). RX slots carry the fragment count in the
+// high byte and NS_MOREFRAG on all but the last slot. Not implemented: NS_INDIRECT,
+// the TX destination-port override in the flags' high byte, per-port virtio-net
+// header lengths, host rings (a port's host rings are not switched).
 //
 // Concurrency is described on Switch, Port, Monitor, Lookup and BackendPort. Lock
 // order: a TX kring lock, then the switch lock (shared), then RX kring locks.

@@ -128,7 +128,7 @@ func (f *fwdState) forward(s *Switch, n int) {
 		}
 		var d int
 		if custom == nil {
-			d = s.learn.Lookup(first, src)
+			d = s.learn.lookup(first, src, frags[fi].Flags&netmap.NSNoLearn == 0)
 		} else {
 			d = custom(first, src)
 		}

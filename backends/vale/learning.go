@@ -104,13 +104,20 @@ func NewLearning() *Learning {
 // Lookup is the default switch lookup: learn the source, then forward a unicast
 // destination to its learned port and everything else (group addresses, unknown
 // unicast) to Broadcast. It has the Lookup signature, so a custom lookup can wrap it.
-func (l *Learning) Lookup(frame []byte, src int) int {
+func (l *Learning) Lookup(frame []byte, src int) int { return l.lookup(frame, src, true) }
+
+// LookupNoLearn is Lookup without learning the source (netmap's NS_NO_LEARN).
+func (l *Learning) LookupNoLearn(frame []byte, src int) int { return l.lookup(frame, src, false) }
+
+func (l *Learning) lookup(frame []byte, src int, learn bool) int {
 	if len(frame) < 14 {
 		return Drop
 	}
 	// Both MACs with two 8-byte loads: bytes 0..5 and 6..11.
 	dmac := binary.LittleEndian.Uint64(frame[0:8]) & macMask
-	l.learn48(binary.LittleEndian.Uint64(frame[4:12])>>16, src)
+	if learn {
+		l.learn48(binary.LittleEndian.Uint64(frame[4:12])>>16, src)
+	}
 	if dmac&1 != 0 {
 		return Broadcast
 	}

@@ -492,3 +492,21 @@ func TestPortLimit(t *testing.T) {
 		require.Equal(t, uint64(1), p.Counters().RxFrames, "port %d", p.Index())
 	}
 }
+
+func TestNoLearnFlag(t *testing.T) {
+	s, _, us := newPorts(t, 2, 64)
+	a := us[0]
+	r := a.tx
+	sl := r.Slot(r.Head())
+	copy(r.Buf(sl.BufIdx), eth(mac(0xb), mac(0xa), 60, 1))
+	sl.Len, sl.Flags = 60, netmap.NSNoLearn
+	r.SetSlot(r.Head(), sl)
+	r.Advance(1)
+	require.NoError(t, a.p.TxSync(0))
+	assert.Equal(t, []uint32{1}, tags(us[1].recv()))
+	_, ok := s.Learning().Where(mac(0xa))
+	assert.False(t, ok, "NS_NO_LEARN source was learned")
+	a.send(eth(mac(0xb), mac(0xa), 60, 2))
+	_, ok = s.Learning().Where(mac(0xa))
+	assert.True(t, ok)
+}
