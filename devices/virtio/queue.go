@@ -329,15 +329,20 @@ func (q *Queue) DisableNotify() {
 
 // EnableNotify asks the driver to kick for the next chain and reports whether chains
 // arrived meanwhile (then the caller must keep processing instead of sleeping).
-func (q *Queue) EnableNotify() bool {
+func (q *Queue) EnableNotify() bool { return q.EnableNotifyAfter(0) }
+
+// EnableNotifyAfter asks the driver to kick once more than n chains are pending (n
+// chains are already there but not enough, e.g. receive buffers for a large frame)
+// and reports whether that many arrived meanwhile.
+func (q *Queue) EnableNotifyAfter(n int) bool {
 	if q.eventIdx {
-		store16(q.usedRng[4+8*int(q.size):], q.lastAvail)
+		store16(q.usedRng[4+8*int(q.size):], q.lastAvail+uint16(n))
 	} else {
 		q.usedFlags &^= UsedFNoNotify
 		store16(q.usedRng[0:], q.usedFlags)
 	}
 	// store16 was a full barrier: this load sees any chain the driver published
 	// before it read our flag, so no kick can be lost.
-	n, err := q.Pending()
-	return n > 0 || err != nil
+	p, err := q.Pending()
+	return p > n || err != nil
 }

@@ -1,0 +1,511 @@
+package virtionet
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/ptvmm/ptvmm/backends"
+	"github.com/ptvmm/ptvmm/backends/tap"
+	"github.com/ptvmm/ptvmm/devices/virtio"
+	"github.com/ptvmm/ptvmm/notify"
+)
+
+// batch bounds the chains handled per queue before the worker looks at its other
+// queue, so one busy direction cannot starve the other.
+const batch = 256
+
+// pair is one rx/tx queue pair and its worker.
+//
+// Concurrency: everything here belongs to the worker goroutine once started.
+type pair struct {
+	d        *Device
+	idx      int
+	rx, tx   *virtio.QueueHandle
+	ctrl     *virtio.QueueHandle
+	port     backends.Port
+	vport    VectorPort // nil: copy through Send/Recv
+	hdrLen   int
+	mrg      bool
+	maxFrame int // largest frame (header included) the backend may hand us
+	st       *pairCounters
+
+	worker  *notify.Worker
+	ready   *notify.EventFD // signalled by the watcher when the port is readable
+	watcher *watcher
+
+	chains   []virtio.Chain
+	iovs     [][]byte
+	scratch  []byte
+	stash    []byte // a received frame waiting for guest buffers
+	stashLen int
+}
+
+func newPair(d *Device, i int, rx, tx *virtio.QueueHandle, features uint64, hl int) *pair {
+	p := &pair{d: d, idx: i, rx: rx, tx: tx, port: d.cfg.Ports[i], hdrLen: hl, st: &d.stats[i]}
+	p.mrg = features&FMrgRxbuf != 0
+	if vp, ok := p.port.(VectorPort); ok && d.cfg.VnetHdr {
+		p.vport = vp
+	}
+	frame := d.mtu + 14 + 4
+	if features&(FGuestTSO4|FGuestTSO6|FGuestUFO) != 0 {
+		frame = maxGSOFrame
+	}
+	p.maxFrame = hl + frame
+	p.chains = make([]virtio.Chain, 1)
+	return p
+}
+
+func (p *pair) start() error {
+	var err error
+	if p.ready, err = notify.NewEventFD(); err != nil {
+		return err
+	}
+	p.worker, err = notify.NewWorker(notify.Config{
+		Name:    fmt.Sprintf("virtionet-%d", p.idx),
+		Mode:    p.d.cfg.Mode,
+		Handler: func(int, uint64) { p.service() },
+		Poll:    p.poll,
+		Arm:     p.arm,
+		Disarm:  p.disarm,
+	})
+	if err != nil {
+		p.ready.Close()
+		return err
+	}
+	srcs := []*notify.EventFD{p.ready}
+	srcs = append(srcs, p.rx.Kicks...)
+	srcs = append(srcs, p.tx.Kicks...)
+	if p.ctrl != nil {
+		srcs = append(srcs, p.ctrl.Kicks...)
+	}
+	for _, s := range srcs {
+		if _, err := p.worker.Add(s); err != nil {
+			p.worker.Stop()
+			p.ready.Close()
+			return err
+		}
+	}
+	if fd := p.port.ReadyFD(); fd >= 0 {
+		if p.watcher, err = newWatcher(fd, p.ready); err != nil {
+			p.worker.Stop()
+			p.ready.Close()
+			return err
+		}
+	}
+	// Arm both queues before the first wait so that no kick is missed.
+	p.rx.EnableNotify()
+	p.tx.EnableNotify()
+	p.worker.Start()
+	_ = p.ready.Signal() // look at the queues once: the driver may have filled them already
+	return nil
+}
+
+func (p *pair) stop() {
+	if p.watcher != nil {
+		p.watcher.stop()
+	}
+	p.worker.Stop()
+	p.ready.Close()
+}
+
+// service runs after every wakeup: the control queue, then both directions until
+// neither has work left.
+func (p *pair) service() {
+	if p.ctrl != nil {
+		p.serviceCtrl()
+	}
+	for {
+		tx := p.serviceTX()
+		rx := p.serviceRX()
+		if !tx && !rx {
+			return
+		}
+	}
+}
+
+// poll is the Poll/Adaptive hook: process without a kick.
+func (p *pair) poll() bool {
+	tx := p.serviceTX()
+	rx := p.serviceRX()
+	return tx || rx
+}
+
+func (p *pair) arm() bool {
+	a := p.tx.EnableNotify()
+	b := p.rx.EnableNotify()
+	return a || b
+}
+
+func (p *pair) disarm() {
+	p.tx.DisableNotify()
+	p.rx.DisableNotify()
+}
+
+func (p *pair) broken(q *virtio.QueueHandle, err error) {
+	if t := p.d.transport.Load(); t != nil {
+		t.NeedsReset(fmt.Errorf("queue %d: %w", q.Index, err))
+	}
+}
+
+func (p *pair) interrupt(q *virtio.QueueHandle) {
+	if q.NeedInterrupt() {
+		p.st.interrupts.Add(1)
+		_ = q.Interrupt()
+	}
+}
+
+// serviceTX sends up to a batch of chains; it reports whether more may be waiting.
+func (p *pair) serviceTX() bool {
+	q := p.tx
+	if q.Broken() != nil {
+		return false
+	}
+	c := &p.chains[0]
+	n := 0
+	for ; n < batch; n++ {
+		ok, err := q.Pop(c)
+		if err != nil {
+			p.broken(q, err)
+			break
+		}
+		if !ok {
+			break
+		}
+		p.sendChain(c)
+		q.Push(c.Head, 0)
+	}
+	p.interrupt(q)
+	if n == batch {
+		return true
+	}
+	return q.EnableNotify() && q.Broken() == nil
+}
+
+// sendChain hands one TX chain's frame to the backend.
+func (p *pair) sendChain(c *virtio.Chain) {
+	st := p.st
+	if c.ReadLen < uint64(p.hdrLen)+14 || c.ReadLen > uint64(p.hdrLen+maxGSOFrame) || p.d.gone[p.idx].Load() {
+		st.txDropped.Add(1)
+		return
+	}
+	p.iovs = p.iovs[:0]
+	for _, b := range c.Readable() {
+		p.iovs = append(p.iovs, b.Data)
+	}
+	var h [1]byte
+	peek(p.iovs, 1, h[:])
+	gsoType := h[0]
+	frameLen := c.ReadLen - uint64(p.hdrLen)
+	var err error
+	var sent bool
+	switch {
+	case p.vport != nil && len(p.iovs) <= maxIOV:
+		var n int
+		n, err = p.vport.Writev(p.iovs)
+		sent = n > 0
+	default:
+		buf := p.linearize(p.iovs, int(c.ReadLen))
+		if !p.d.cfg.VnetHdr {
+			if gsoType != gsoNone {
+				st.txDropped.Add(1) // cannot happen: no offload was offered
+				return
+			}
+			buf = buf[p.hdrLen:]
+		}
+		var n int
+		n, err = p.port.Send([][]byte{buf})
+		sent = n == 1
+	}
+	if err != nil {
+		if errors.Is(err, tap.ErrGone) {
+			p.d.portGone(p.idx, err)
+		}
+		st.txDropped.Add(1)
+		return
+	}
+	if !sent {
+		st.txDropped.Add(1)
+		return
+	}
+	st.txPackets.Add(1)
+	st.txBytes.Add(frameLen)
+	if gsoType&0x7f != gsoNone {
+		st.txGSO.Add(1)
+	}
+}
+
+func (p *pair) linearize(iovs [][]byte, n int) []byte {
+	if cap(p.scratch) < n {
+		p.scratch = make([]byte, n)
+	}
+	b := p.scratch[:0]
+	for _, v := range iovs {
+		b = append(b, v...)
+	}
+	return b
+}
+
+// peek copies len(out) bytes at off of the data scattered over iovs into out; false
+// if the data is shorter.
+func peek(iovs [][]byte, off int, out []byte) bool {
+	got := 0
+	for _, v := range iovs {
+		if off >= len(v) {
+			off -= len(v)
+			continue
+		}
+		got += copy(out[got:], v[off:])
+		off = 0
+		if got == len(out) {
+			return true
+		}
+	}
+	return len(out) == 0
+}
+
+// poke writes b at off of the data scattered over iovs.
+func poke(iovs [][]byte, off int, b []byte) {
+	for _, v := range iovs {
+		if len(b) == 0 {
+			return
+		}
+		if off >= len(v) {
+			off -= len(v)
+			continue
+		}
+		k := copy(v[off:], b)
+		b = b[k:]
+		off = 0
+	}
+}
+
+// serviceRX moves frames from the backend into guest buffers; it reports whether it
+// stopped with frames possibly still pending (batch exhausted).
+func (p *pair) serviceRX() bool {
+	q := p.rx
+	if q.Broken() != nil || p.d.gone[p.idx].Load() {
+		return false
+	}
+	defer p.interrupt(q)
+	for n := 0; n < batch; n++ {
+		got, more := p.receiveOne()
+		if !got {
+			return more
+		}
+	}
+	return true
+}
+
+// receiveOne delivers one frame. got: a frame was consumed (delivered or dropped);
+// more: stopped for lack of guest buffers but they arrived meanwhile.
+func (p *pair) receiveOne() (got, more bool) {
+	q := p.rx
+	// Gather chains: one without mergeable buffers, else enough for the largest frame.
+	p.iovs = p.iovs[:0]
+	nch := 0
+	var room uint64
+	for {
+		if nch == len(p.chains) {
+			p.chains = append(p.chains, virtio.Chain{})
+		}
+		c := &p.chains[nch]
+		ok, err := q.Pop(c)
+		if err != nil {
+			p.broken(q, err)
+			return false, false
+		}
+		if !ok {
+			break
+		}
+		nch++
+		for _, b := range c.Writable() {
+			p.iovs = append(p.iovs, b.Data)
+		}
+		room += c.WriteLen
+		if !p.mrg || room >= uint64(p.maxFrame) || len(p.iovs) >= maxIOV {
+			break
+		}
+	}
+	wait := func() (bool, bool) {
+		// Wait for the guest to add buffers; ask for a kick once more arrive.
+		if nch > 0 {
+			q.Unpop(&p.chains[0])
+		}
+		p.st.rxNoBuffers.Add(1)
+		return false, q.EnableNotifyAfter(nch) && q.Broken() == nil
+	}
+	if nch == 0 {
+		return wait()
+	}
+	var n int
+	var err error
+	switch {
+	case p.stashLen > 0:
+		// A frame read earlier waits for enough buffers.
+		if uint64(p.stashLen) > room && !p.ringFull(nch) {
+			return wait()
+		}
+		n = min(p.stashLen, int(room))
+		poke(p.iovs, 0, p.stash[:n])
+		p.stashLen = 0
+	case !p.mrg || room >= uint64(p.maxFrame) || p.ringFull(nch):
+		n, err = p.read(p.iovs, room) // straight into guest buffers
+	default:
+		// Too little room for the largest frame: read into the bounce buffer and copy
+		// if this frame fits, else keep it until the guest adds buffers.
+		if cap(p.stash) < p.maxFrame {
+			p.stash = make([]byte, p.maxFrame)
+		}
+		n, err = p.read([][]byte{p.stash[:p.maxFrame]}, uint64(p.maxFrame))
+		if err == nil && n > int(room) {
+			p.stashLen = n
+			return wait()
+		}
+		poke(p.iovs, 0, p.stash[:n])
+	}
+	if err != nil || n == 0 {
+		q.Unpop(&p.chains[0])
+		if err != nil {
+			if errors.Is(err, tap.ErrGone) {
+				p.d.portGone(p.idx, err)
+			}
+			p.st.rxDropped.Add(1)
+		}
+		return false, false
+	}
+	if n < p.hdrLen+14 {
+		q.Unpop(&p.chains[0])
+		p.st.rxDropped.Add(1)
+		return true, false
+	}
+	var dst [6]byte
+	if !peek(p.iovs, p.hdrLen, dst[:]) || !p.d.accept(dst) {
+		q.Unpop(&p.chains[0])
+		p.st.rxDropped.Add(1)
+		return true, false
+	}
+	// Hand out the chains the frame filled, in order.
+	left := uint64(n)
+	used := 0
+	for ; used < nch && left > 0; used++ {
+		c := &p.chains[used]
+		w := min(c.WriteLen, left)
+		left -= w
+		q.Push(c.Head, uint32(w))
+	}
+	if used < nch {
+		q.Unpop(&p.chains[used])
+	}
+	if p.hdrLen == modernHdrLen {
+		var nb [2]byte
+		binary.LittleEndian.PutUint16(nb[:], uint16(used))
+		poke(p.iovs, 10, nb[:])
+	}
+	var g [1]byte
+	if peek(p.iovs, 1, g[:]) && g[0]&0x7f != gsoNone {
+		p.st.rxGSO.Add(1)
+	}
+	p.st.rxPackets.Add(1)
+	p.st.rxBytes.Add(uint64(n - p.hdrLen))
+	return true, false
+}
+
+// ringFull reports whether the driver has made its whole ring available, so waiting
+// for more buffers would wait forever.
+func (p *pair) ringFull(popped int) bool {
+	pending, _ := p.rx.Pending()
+	return popped+pending >= int(p.rx.Size())
+}
+
+// read fetches one frame into iovs: straight from the backend with headers passed
+// through, or via a copy with a zero header prepended.
+func (p *pair) read(iovs [][]byte, room uint64) (int, error) {
+	if p.vport != nil {
+		return p.vport.Readv(iovs)
+	}
+	need := p.maxFrame
+	if cap(p.scratch) < need {
+		p.scratch = make([]byte, need)
+	}
+	buf := p.scratch[:need]
+	hl := p.hdrLen
+	if p.d.cfg.VnetHdr {
+		hl = 0 // the port supplies the header
+	}
+	lens := []int{0}
+	k, err := p.port.Recv([][]byte{buf[hl:]}, lens)
+	if err != nil || k == 0 {
+		return 0, err
+	}
+	for i := 0; i < hl; i++ {
+		buf[i] = 0
+	}
+	total := min(hl+lens[0], int(room))
+	poke(iovs, 0, buf[:total])
+	return total, nil
+}
+
+// watcher turns the port's readability into a signal on an eventfd the worker waits
+// on (edge-triggered: one signal per arrival burst, none while the worker lags).
+type watcher struct {
+	epfd   int
+	stopFD *notify.EventFD
+	done   chan struct{}
+}
+
+func newWatcher(fd int, signal *notify.EventFD) (*watcher, error) {
+	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil, fmt.Errorf("virtionet: epoll: %w", err)
+	}
+	stop, err := notify.NewEventFD()
+	if err != nil {
+		unix.Close(epfd)
+		return nil, err
+	}
+	w := &watcher{epfd: epfd, stopFD: stop, done: make(chan struct{})}
+	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, fd, &unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLET, Fd: 0}); err != nil {
+		w.close()
+		return nil, fmt.Errorf("virtionet: watch port fd %d: %w", fd, err)
+	}
+	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, stop.FD(), &unix.EpollEvent{Events: unix.EPOLLIN, Fd: 1}); err != nil {
+		w.close()
+		return nil, fmt.Errorf("virtionet: watch stop fd: %w", err)
+	}
+	go w.run(signal)
+	return w, nil
+}
+
+func (w *watcher) run(signal *notify.EventFD) {
+	defer close(w.done)
+	ev := make([]unix.EpollEvent, 2)
+	for {
+		n, err := unix.EpollWait(w.epfd, ev, -1)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return
+		}
+		for _, e := range ev[:n] {
+			if e.Fd == 1 {
+				return
+			}
+			_ = signal.Signal()
+		}
+	}
+}
+
+func (w *watcher) stop() {
+	_ = w.stopFD.Signal()
+	<-w.done
+	w.close()
+}
+
+func (w *watcher) close() {
+	unix.Close(w.epfd)
+	w.stopFD.Close()
+}
