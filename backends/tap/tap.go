@@ -139,6 +139,24 @@ func setUp(name string) error {
 	return nil
 }
 
+// SetMTU sets the interface MTU (SIOCSIFMTU).
+func (t *Tap) SetMTU(mtu int) error {
+	s, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("tap: set %s MTU: %w", t.name, err)
+	}
+	defer unix.Close(s)
+	ifr, err := unix.NewIfreq(t.name)
+	if err != nil {
+		return fmt.Errorf("tap: set %s MTU: %w", t.name, err)
+	}
+	ifr.SetUint32(uint32(mtu))
+	if err := unix.IoctlIfreq(s, unix.SIOCSIFMTU, ifr); err != nil {
+		return fmt.Errorf("tap: set %s MTU %d: %w", t.name, mtu, err)
+	}
+	return nil
+}
+
 // Name is the interface name.
 func (t *Tap) Name() string { return t.name }
 

@@ -75,6 +75,10 @@ func TestCreateExchangeAndRemove(t *testing.T) {
 	ifi, err := net.InterfaceByName(name)
 	require.NoError(t, err)
 	assert.NotZero(t, ifi.Flags&net.FlagUp, "a created TAP is brought up")
+	require.NoError(t, tp.SetMTU(9000))
+	ifi, err = net.InterfaceByName(name)
+	require.NoError(t, err)
+	assert.Equal(t, 9000, ifi.MTU)
 	require.NoError(t, tp.SetVnetHdrSize(12))
 	require.NoError(t, tp.SetOffload(OffloadCsum|OffloadTSO4|OffloadTSO6))
 

@@ -1,0 +1,183 @@
+package vmm
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/ptvmm/ptvmm/backends"
+	"github.com/ptvmm/ptvmm/backends/tap"
+	"github.com/ptvmm/ptvmm/devices/virtio"
+	"github.com/ptvmm/ptvmm/devices/virtionet"
+	"github.com/ptvmm/ptvmm/notify"
+	"github.com/ptvmm/ptvmm/vmm/kvm"
+	"github.com/ptvmm/ptvmm/vmm/pci"
+)
+
+// NIC describes one virtio-net device backed by a TAP interface.
+type NIC struct {
+	// Tap is the host interface name. It is created (and removed when the VM is
+	// closed) when it does not exist and the process may create it.
+	Tap string
+	// MAC is the guest's address; zero picks 52:54:00:12:34:56 plus the NIC index.
+	MAC [6]byte
+	// Queues is the number of queue pairs (default 1); > 1 opens a multi-queue TAP.
+	Queues int
+	// MTU, if non-zero, is offered to the guest and set on a TAP vmrun creates.
+	MTU int
+	// Slot is the PCI slot (1..31), or 0 for the first free one.
+	Slot int
+}
+
+// DefaultMAC is the MAC of NIC i when none is given.
+func DefaultMAC(i int) [6]byte { return [6]byte{0x52, 0x54, 0x00, 0x12, 0x34, byte(0x56 + i)} }
+
+// NICDevice is a NIC added to a VM: the virtio-net model, its transport, TAP and
+// interrupt plumbing.
+type NICDevice struct {
+	Net       *virtionet.Device
+	Transport *virtio.Transport
+	Tap       *tap.Tap
+	Function  *pci.Function
+
+	root     *pci.Root
+	msix     *notify.MSIXVectors
+	intx     *notify.Interrupt
+	resample *notify.Worker
+	once     sync.Once
+}
+
+// routingTables holds the VM-wide GSI routing table per VM (KVM keeps one table per
+// VM, so every device adding MSI routes must share it).
+var routingTables sync.Map // *VM -> *kvm.GSIRouting
+
+// GSIRouting returns the VM's GSI routing table (irqchip routes plus MSI routes),
+// creating it on first use.
+func (v *VM) GSIRouting() *kvm.GSIRouting {
+	if r, ok := routingTables.Load(v); ok {
+		return r.(*kvm.GSIRouting)
+	}
+	r, _ := routingTables.LoadOrStore(v, kvm.NewGSIRouting(v.kvm, true))
+	return r.(*kvm.GSIRouting)
+}
+
+func freeSlot(root *pci.Root) int {
+	for s := 1; s < 32; s++ {
+		if root.Function(s) == nil {
+			return s
+		}
+	}
+	return -1
+}
+
+// AddNIC opens the TAP and adds a virtio-net PCI function for it. index numbers the
+// VM's NICs (for the default MAC). Call it after New, before Run.
+func (v *VM) AddNIC(index int, n NIC) (_ *NICDevice, err error) {
+	if n.Queues == 0 {
+		n.Queues = 1
+	}
+	if n.MAC == [6]byte{} {
+		n.MAC = DefaultMAC(index)
+	}
+	if !tap.Exists(n.Tap) {
+		if ok, why := tap.CanCreate(); !ok {
+			return nil, fmt.Errorf("vmm: TAP %s does not exist and cannot be created (%s): create it with `ip tuntap add %s mode tap user $USER`", n.Tap, why, n.Tap)
+		}
+	}
+	nd := &NICDevice{}
+	defer func() {
+		if err != nil {
+			nd.Close()
+		}
+	}()
+	if nd.Tap, err = tap.Open(tap.Options{Name: n.Tap, Queues: n.Queues, VnetHdr: true}); err != nil {
+		return nil, fmt.Errorf("vmm: NIC %d: %w", index, err)
+	}
+	if nd.Tap.Created() && n.MTU != 0 {
+		if err := nd.Tap.SetMTU(n.MTU); err != nil {
+			return nil, fmt.Errorf("vmm: NIC %d: %w", index, err)
+		}
+	}
+	ports := make([]backends.Port, n.Queues)
+	for i := range ports {
+		ports[i] = nd.Tap.Queue(i)
+	}
+	logf := func(format string, args ...any) { v.log.Warn(fmt.Sprintf(format, args...)) }
+	if nd.Net, err = virtionet.New(virtionet.Config{MAC: n.MAC, Ports: ports, VnetHdr: true, Offloads: nd.Tap, MTU: n.MTU, Logf: logf}); err != nil {
+		return nil, fmt.Errorf("vmm: NIC %d: %w", index, err)
+	}
+	slot := n.Slot
+	if slot == 0 {
+		slot = freeSlot(v.pci)
+	}
+	if slot < 1 || slot > 31 || v.pci.Function(slot) != nil {
+		return nil, fmt.Errorf("vmm: NIC %d: PCI slot %d is taken or invalid (1..31)", index, slot)
+	}
+	if nd.msix, err = notify.NewMSIXVectors(v.kvm, v.GSIRouting(), 1+nd.Net.NumQueues()); err != nil {
+		return nil, fmt.Errorf("vmm: NIC %d: %w", index, err)
+	}
+	if nd.intx, err = notify.NewInterrupt(v.kvm, pci.IntxGSI(slot), true); err != nil {
+		return nil, fmt.Errorf("vmm: NIC %d: %w", index, err)
+	}
+	bells := func(s notify.DoorbellSpec) (virtio.Bell, error) { return notify.NewDoorbell(v.kvm, s) }
+	if nd.Transport, err = virtio.NewTransport(virtio.TransportConfig{
+		Mem: v.mem, Device: nd.Net, Bells: bells, MSIX: nd.msix, Intx: nd.intx, Logf: logf,
+	}); err != nil {
+		return nil, fmt.Errorf("vmm: NIC %d: %w", index, err)
+	}
+	nd.Net.SetTransport(nd.Transport)
+	if nd.Function, err = v.pci.Add(slot, nd.Transport.Spec()); err != nil {
+		return nil, fmt.Errorf("vmm: NIC %d: %w", index, err)
+	}
+	nd.root = v.pci
+	if err = nd.Transport.Attach(nd.Function); err != nil {
+		return nil, fmt.Errorf("vmm: NIC %d: %w", index, err)
+	}
+	// INTx is level-triggered: at the guest's EOI KVM signals the resample eventfd
+	// and the function re-asserts the line if the device still holds it.
+	fn := nd.Function
+	if nd.resample, err = notify.NewWorker(notify.Config{
+		Name:    fmt.Sprintf("nic%d-intx", index),
+		Handler: func(int, uint64) { _ = fn.Resample() },
+	}); err != nil {
+		return nil, fmt.Errorf("vmm: NIC %d: %w", index, err)
+	}
+	if _, err = nd.resample.Add(nd.intx.Resample()); err != nil {
+		return nil, fmt.Errorf("vmm: NIC %d: %w", index, err)
+	}
+	nd.resample.Start()
+	v.log.Debug("nic added", "index", index, "tap", n.Tap, "created", nd.Tap.Created(), "slot", slot, "queues", n.Queues, "mac", fmt.Sprintf("%x", n.MAC))
+	return nd, nil
+}
+
+// Close stops the device and releases the TAP (removing it if AddNIC created it),
+// doorbells and interrupts. Safe to call more than once.
+func (nd *NICDevice) Close() error {
+	var err error
+	nd.once.Do(func() {
+		if nd.Function != nil {
+			nd.root.Remove(nd.Function.Slot())
+		}
+		if nd.Net != nil {
+			nd.Net.Reset()
+		}
+		if nd.resample != nil {
+			err = errors.Join(err, nd.resample.Stop())
+		}
+		if nd.Transport != nil {
+			err = errors.Join(err, nd.Transport.Close())
+		}
+		if nd.Net != nil {
+			err = errors.Join(err, nd.Net.Close()) // closes the TAP queues
+		} else if nd.Tap != nil {
+			err = errors.Join(err, nd.Tap.Close())
+		}
+		if nd.intx != nil {
+			err = errors.Join(err, nd.intx.Close())
+		}
+		if nd.msix != nil {
+			err = errors.Join(err, nd.msix.Close())
+		}
+	})
+	return err
+}
