@@ -287,6 +287,8 @@ func (v *VM) Timings() Timings { return v.timings }
 // Close releases the vCPUs, the KVM VM and guest RAM. Call it after Run returned (or
 // instead of Run).
 func (v *VM) Close() error {
+	// A Stop racing with Close either finishes first or finds the VM already ended.
+	v.endOnce.Do(func() { v.stopping.Store(true) })
 	var first error
 	keep := func(err error) {
 		if err != nil && first == nil {

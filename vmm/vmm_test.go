@@ -372,3 +372,18 @@ func TestLinuxRefusedWithoutHardwareVirt(t *testing.T) {
 		t.Errorf("forced New = %v, want a kernel error", err)
 	}
 }
+
+func TestStopAfterClose(t *testing.T) {
+	kvmOrSkip(t)
+	v, err := New(Config{Micro: &Micro{Code: spin}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { v.Stop(); close(done) }()
+	if err := v.Close(); err != nil {
+		t.Error(err)
+	}
+	<-done
+	v.Stop()
+}
