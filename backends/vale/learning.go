@@ -20,8 +20,8 @@ const HashSize = 1024
 // index of the port that sent it. A Lookup runs inside forwarding passes, possibly on
 // several goroutines at once (one per source port being synced): it must be safe for
 // concurrent calls, must not block, must not retain frame and must not write to it,
-// and must not call the switch's configuration methods (SetLookup, Attach, Detach,
-// monitors: they wait for the pass that is calling the lookup).
+// and must not call methods of the Switch or its Ports (they take the switch lock,
+// which the calling pass holds; Learning's methods are fine).
 // A result naming src itself or a port index with no port attached drops the frame.
 type Lookup func(frame []byte, src int) int
 

@@ -332,8 +332,8 @@ func (p *Port) Detach() error {
 // package's Writer is one. WriteFragments is called from forwarding passes, possibly
 // several at once, with the switch lock held shared and no ring lock held: it must
 // be safe for concurrent use, should be quick, must not retain frags and must not
-// call the switch's configuration methods (they would wait for this pass). Its error is
-// counted (Counters.MonitorErrors), never returned to the sender.
+// call methods of the Switch or its Ports (the calling pass holds the switch lock).
+// Its error is counted (Counters.MonitorErrors), never returned to the sender.
 type Monitor interface {
 	WriteFragments(ts time.Time, frags [][]byte) error
 }
