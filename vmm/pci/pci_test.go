@@ -455,6 +455,17 @@ func TestAddRejectsBadSpecs(t *testing.T) {
 	}
 	_, err := g.root.Add(0, Spec{})
 	assert.Error(t, err, "slot 0 is the host bridge")
+	for i := 1; i < 32; i++ {
+		s, err := g.root.FreeSlot()
+		require.NoError(t, err)
+		require.Equal(t, i, s)
+		_, err = g.root.Add(s, Spec{VendorID: 1})
+		require.NoError(t, err)
+	}
+	_, err = g.root.FreeSlot()
+	assert.Error(t, err, "bus full")
+	_, err = g.root.Add(-1, Spec{VendorID: 1})
+	assert.Error(t, err, "bus full")
 	_, err = g.root.Add(32, Spec{})
 	assert.Error(t, err)
 }

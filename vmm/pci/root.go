@@ -91,8 +91,22 @@ func NewRoot(cfg Config) (*Root, error) {
 	return r, nil
 }
 
+// FreeSlot returns the first free slot (1..31), e.g. to create a device's INTx line for
+// GSI IntxGSI(slot) before calling Add with that slot.
+func (r *Root) FreeSlot() (int, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for i := 1; i < 32; i++ {
+		if r.slots[i] == nil {
+			return i, nil
+		}
+	}
+	return 0, errors.New("pci: all 31 slots are taken")
+}
+
 // Add places a device in slot (1..31; -1 picks the first free one), allocates its BARs
-// in the configured windows and enables decoding as firmware would.
+// in the configured windows and enables decoding as firmware would. A device with
+// Spec.Intx must be wired to IntxGSI(slot), so pass an explicit slot (see FreeSlot).
 func (r *Root) Add(slot int, s Spec) (*Function, error) {
 	if err := validateSpec(&s, r.cfg.Mapper != nil); err != nil {
 		return nil, fmt.Errorf("pci: add %04x:%04x: %w", s.VendorID, s.DeviceID, err)
