@@ -207,6 +207,8 @@ type Queue struct {
 	fd     int
 	index  int
 	closed atomic.Bool
+	rdIov  []unix.Iovec // reader's iovec scratch
+	wrIov  []unix.Iovec // writer's iovec scratch
 	// Truncated counts frames longer than the buffer Recv or Readv offered.
 	Truncated atomic.Uint64
 }
@@ -230,8 +232,9 @@ func wrap(op string, q *Queue, err error) error {
 // Readv reads one frame scattered over iovs (typically guest buffers: no copy). It
 // returns 0, nil when nothing is pending.
 func (q *Queue) Readv(iovs [][]byte) (int, error) {
+	q.rdIov = iovecs(q.rdIov, iovs)
 	for {
-		n, err := unix.Readv(q.fd, iovs)
+		n, err := rwv(unix.SYS_READV, q.fd, q.rdIov)
 		switch {
 		case err == unix.EINTR:
 			continue
@@ -247,8 +250,9 @@ func (q *Queue) Readv(iovs [][]byte) (int, error) {
 // Writev writes one frame gathered from iovs. A full device queue (EAGAIN) drops
 // the frame (returns 0, nil), as a NIC does.
 func (q *Queue) Writev(iovs [][]byte) (int, error) {
+	q.wrIov = iovecs(q.wrIov, iovs)
 	for {
-		n, err := unix.Writev(q.fd, iovs)
+		n, err := rwv(unix.SYS_WRITEV, q.fd, q.wrIov)
 		switch {
 		case err == unix.EINTR:
 			continue
