@@ -70,7 +70,7 @@ func TestLinuxBootLibrary(t *testing.T) {
 
 // bootLibrary runs one guest with vmm.New/Run until it shuts down and
 // returns its console and the agent's exit status.
-func bootLibrary(t *testing.T, dir, cmd string) (*console, int, bool) {
+func bootLibrary(t *testing.T, dir, cmd string, extra ...string) (*console, int, bool) {
 	t.Helper()
 	c := &console{start: time.Now()}
 	pr, pw, err := os.Pipe()
@@ -82,7 +82,7 @@ func bootLibrary(t *testing.T, dir, cmd string) (*console, int, bool) {
 	vm, err := vmm.New(vmm.Config{
 		Kernel:  filepath.Join(dir, testhost.AssetKernelDir, "vmlinuz"),
 		Initrd:  filepath.Join(dir, testhost.AssetGuestInit),
-		Cmdline: testhost.GuestCmdline(cmd),
+		Cmdline: testhost.GuestCmdline(cmd, extra...),
 		MemSize: 512 << 20,
 		CPUs:    1,
 		Console: watch,
@@ -109,4 +109,33 @@ func bootLibrary(t *testing.T, dir, cmd string) (*console, int, bool) {
 	require.NoError(t, runErr, "vmm Run; %slast console lines:\n%s", failHint, c.tail(40))
 	status, ok := watch.ExitStatus()
 	return c, status, ok
+}
+
+// TestGuestModules loads the module groups other tests need (virtio-net,
+// uio) in the inner guest and checks the kernel lists them: the cached
+// modules match the kernel and the agent loads them in order.
+func TestGuestModules(t *testing.T) {
+	dir := requireGuest(t)
+	k, err := testhost.LoadKernel(filepath.Join(dir, testhost.AssetKernelDir))
+	require.NoError(t, err)
+	arg, err := testhost.GuestModuleArg(k, testhost.GuestModules...)
+	require.NoError(t, err)
+	mods, err := k.Modules(testhost.GuestModules...)
+	require.NoError(t, err)
+
+	c, status, ok := bootLibrary(t, dir, "/bin/ptvmm-agent cat /proc/modules", arg)
+	fail := func() string { return failHint + "last console lines:\n" + c.tail(40) }
+	require.True(t, ok, "no exit status line; %s", fail())
+	require.Equal(t, 0, status, fail())
+	assert.NotContains(t, c.text(), "ptvmm-agent: error", fail())
+	loaded := map[string]bool{}
+	for _, l := range strings.Split(c.text(), "\n") {
+		// /proc/modules: "name size refs deps state addr"
+		if f := strings.Fields(l); len(f) >= 5 && (f[4] == "Live" || f[4] == "Loading") {
+			loaded[f[0]] = true
+		}
+	}
+	for _, m := range mods {
+		assert.True(t, loaded[strings.ReplaceAll(m, "-", "_")], "module %s not in /proc/modules; %s", m, fail())
+	}
 }
