@@ -41,6 +41,12 @@ type pair struct {
 	scratch  []byte
 	stash    []byte // a received frame waiting for guest buffers
 	stashLen int
+
+	// rxReady: the port signalled readability and has not returned "nothing
+	// pending" since, so a receive attempt is worth a syscall.
+	rxReady    bool
+	readySrc   int
+	alwaysRead bool
 }
 
 func newPair(d *Device, i int, rx, tx *virtio.QueueHandle, features uint64, hl int) *pair {
@@ -64,12 +70,17 @@ func (p *pair) start() error {
 		return err
 	}
 	p.worker, err = notify.NewWorker(notify.Config{
-		Name:    fmt.Sprintf("virtionet-%d", p.idx),
-		Mode:    p.d.cfg.Mode,
-		Handler: func(int, uint64) { p.service() },
-		Poll:    p.poll,
-		Arm:     p.arm,
-		Disarm:  p.disarm,
+		Name: fmt.Sprintf("virtionet-%d", p.idx),
+		Mode: p.d.cfg.Mode,
+		Handler: func(src int, _ uint64) {
+			if src == p.readySrc {
+				p.rxReady = true
+			}
+			p.service()
+		},
+		Poll:   p.poll,
+		Arm:    p.arm,
+		Disarm: p.disarm,
 	})
 	if err != nil {
 		p.ready.Close()
@@ -81,13 +92,19 @@ func (p *pair) start() error {
 	if p.ctrl != nil {
 		srcs = append(srcs, p.ctrl.Kicks...)
 	}
-	for _, s := range srcs {
-		if _, err := p.worker.Add(s); err != nil {
+	for i, s := range srcs {
+		idx, err := p.worker.Add(s)
+		if err != nil {
 			p.worker.Stop()
 			p.ready.Close()
 			return err
 		}
+		if i == 0 {
+			p.readySrc = idx
+		}
 	}
+	// Without a readiness fd the port must be polled on every wakeup.
+	p.alwaysRead = p.port.ReadyFD() < 0
 	if fd := p.port.ReadyFD(); fd >= 0 {
 		if p.watcher, err = newWatcher(fd, p.ready); err != nil {
 			p.worker.Stop()
@@ -128,6 +145,7 @@ func (p *pair) service() {
 
 // poll is the Poll/Adaptive hook: process without a kick.
 func (p *pair) poll() bool {
+	p.rxReady = true
 	tx := p.serviceTX()
 	rx := p.serviceRX()
 	return tx || rx
@@ -286,7 +304,7 @@ func poke(iovs [][]byte, off int, b []byte) {
 // stopped with frames possibly still pending (batch exhausted).
 func (p *pair) serviceRX() bool {
 	q := p.rx
-	if q.Broken() != nil || p.d.gone[p.idx].Load() {
+	if q.Broken() != nil || p.d.gone[p.idx].Load() || !(p.rxReady || p.stashLen > 0 || p.alwaysRead) {
 		return false
 	}
 	defer p.interrupt(q)
@@ -368,6 +386,9 @@ func (p *pair) receiveOne() (got, more bool) {
 	}
 	if err != nil || n == 0 {
 		q.Unpop(&p.chains[0])
+		if n == 0 {
+			p.rxReady = false // drained: wait for the next readiness edge
+		}
 		if err != nil {
 			if errors.Is(err, tap.ErrGone) {
 				p.d.portGone(p.idx, err)
