@@ -2,6 +2,8 @@ package netmap
 
 import (
 	"encoding/binary"
+	"errors"
+	"fmt"
 	"testing"
 )
 
@@ -269,4 +271,53 @@ func TestCorruptRingHeaderGeometry(t *testing.T) {
 	if _, err := NewRing(s.Region().Bytes(), rk.Offset()); err == nil {
 		t.Fatal("corrupted ring header accepted by NewRing")
 	}
+}
+
+// A port's private region sized with Pipes holds that many pipes (netmap's
+// pipes-on-a-port share the parent's memory).
+func TestPipesInParentRegion(t *testing.T) {
+	parent, err := NewPort(PortConfig{Name: "vale0:p", Pipes: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer parent.Close()
+	free := parent.Region().FreeBufs()
+	var ends []*Port
+	for _, id := range []string{"1", "2"} {
+		m, s, err := NewPipe("vale0:p", id, PortConfig{Region: parent.Region()})
+		if err != nil {
+			t.Fatalf("pipe %s: %v", id, err)
+		}
+		ends = append(ends, m, s)
+	}
+	// netmap's growth rule over-provisions; eventually the region runs out, cleanly.
+	for i := 3; ; i++ {
+		m, s, err := NewPipe("vale0:p", fmt.Sprint(i), PortConfig{Region: parent.Region()})
+		if err != nil {
+			if !errors.Is(err, ErrNoSpace) {
+				t.Fatalf("pipe %d: %v, want ErrNoSpace", i, err)
+			}
+			break
+		}
+		if i > 100 {
+			t.Fatal("region never fills")
+		}
+		ends = append(ends, m, s)
+	}
+	for _, e := range ends {
+		if e.Region() != parent.Region() {
+			t.Fatal("pipe not in the parent's region")
+		}
+		e.Close()
+	}
+	if got := parent.Region().FreeBufs(); got != free {
+		t.Fatalf("%d buffers free after closing the pipes, want %d", got, free)
+	}
+	// Everything the pipes took is back: a new pair fits again.
+	m, s, err := NewPipe("vale0:p", "4", PortConfig{Region: parent.Region()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Close()
+	s.Close()
 }
