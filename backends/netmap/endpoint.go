@@ -3,6 +3,7 @@ package netmap
 import (
 	"errors"
 	"fmt"
+	"sync"
 	"sync/atomic"
 
 	"golang.org/x/sys/unix"
@@ -29,6 +30,10 @@ type Endpoint struct {
 	// armed: the eventfd is empty and the next RX advance must write it. Producers
 	// write only on the armed->disarmed edge, so a burst costs one syscall.
 	armed atomic.Bool
+	// fdMu keeps Close from closing efd while a notify (running in another port's
+	// sync) writes it: the fd number could be reused by then.
+	fdMu     sync.RWMutex
+	fdClosed bool
 
 	truncated atomic.Uint64
 }
@@ -52,7 +57,11 @@ func (e *Endpoint) wake() {
 		return // already signalled
 	}
 	var one = [8]byte{1}
-	_, _ = unix.Write(e.efd, one[:]) // EAGAIN means already readable
+	e.fdMu.RLock()
+	if !e.fdClosed {
+		_, _ = unix.Write(e.efd, one[:]) // EAGAIN means already readable
+	}
+	e.fdMu.RUnlock()
 }
 
 // Name is the port name.
@@ -192,7 +201,10 @@ func (e *Endpoint) ReadyFD() int { return e.efd }
 // Close releases the eventfd and, if owned, the port.
 func (e *Endpoint) Close() error {
 	e.rxk.SetNotify(nil)
+	e.fdMu.Lock()
+	e.fdClosed = true
 	err := unix.Close(e.efd)
+	e.fdMu.Unlock()
 	if e.own {
 		err = errors.Join(err, e.p.Close())
 	}
