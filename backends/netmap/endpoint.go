@@ -3,7 +3,6 @@ package netmap
 import (
 	"errors"
 	"fmt"
-	"sync"
 	"sync/atomic"
 
 	"golang.org/x/sys/unix"
@@ -30,10 +29,6 @@ type Endpoint struct {
 	// armed: the eventfd is empty and the next RX advance must write it. Producers
 	// write only on the armed->disarmed edge, so a burst costs one syscall.
 	armed atomic.Bool
-	// fdMu keeps Close from closing efd while a notify (running in another port's
-	// sync) writes it: the fd number could be reused by then.
-	fdMu     sync.RWMutex
-	fdClosed bool
 
 	truncated atomic.Uint64
 }
@@ -57,11 +52,7 @@ func (e *Endpoint) wake() {
 		return // already signalled
 	}
 	var one = [8]byte{1}
-	e.fdMu.RLock()
-	if !e.fdClosed {
-		_, _ = unix.Write(e.efd, one[:]) // EAGAIN means already readable
-	}
-	e.fdMu.RUnlock()
+	_, _ = unix.Write(e.efd, one[:]) // EAGAIN means already readable
 }
 
 // Name is the port name.
@@ -200,11 +191,8 @@ func (e *Endpoint) ReadyFD() int { return e.efd }
 
 // Close releases the eventfd and, if owned, the port.
 func (e *Endpoint) Close() error {
-	e.rxk.SetNotify(nil)
-	e.fdMu.Lock()
-	e.fdClosed = true
+	e.rxk.SetNotify(nil) // waits for a notify running in another port's sync
 	err := unix.Close(e.efd)
-	e.fdMu.Unlock()
 	if e.own {
 		err = errors.Join(err, e.p.Close())
 	}

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -90,8 +91,9 @@ type Kring struct {
 	closed                 bool   // port closed: no syncs, no new leases
 	leaseDone              sync.Cond
 
-	sync   SyncFunc
-	notify atomic.Pointer[func()]
+	sync      SyncFunc
+	notify    atomic.Pointer[func()]
+	notifying atomic.Int32 // Notify calls running
 
 	reinits, badSlots, dropped atomic.Uint64
 }
@@ -169,20 +171,29 @@ func (k *Kring) SetSync(fn SyncFunc) {
 
 // SetNotify installs the function called when the ring's user should look again: RX
 // hwtail advanced, or (pipes) the peer released RX slots a blocked TX ring may now
-// fill. It must not block and must not sync any ring.
+// fill. It must not block and must not sync any ring. SetNotify returns only after
+// calls of the previous function have returned, so after SetNotify(nil) its resources
+// (an eventfd) may be released. Never call it from inside the notify function.
 func (k *Kring) SetNotify(fn func()) {
 	if fn == nil {
 		k.notify.Store(nil)
-		return
+	} else {
+		k.notify.Store(&fn)
 	}
-	k.notify.Store(&fn)
+	// Pairs with Notify: it counts itself in before loading the function, so a
+	// call that still sees the old one is counted here (sequentially consistent).
+	for k.notifying.Load() != 0 {
+		runtime.Gosched()
+	}
 }
 
 // Notify calls the notify function, if any.
 func (k *Kring) Notify() {
+	k.notifying.Add(1)
 	if f := k.notify.Load(); f != nil {
 		(*f)()
 	}
+	k.notifying.Add(-1)
 }
 
 // Stats returns the counters.

@@ -321,3 +321,24 @@ func TestPipesInParentRegion(t *testing.T) {
 	m.Close()
 	s.Close()
 }
+
+// SetNotify(nil) returns only after a notify call running elsewhere has returned, so
+// its owner may then close what the notify function writes to.
+func TestSetNotifyWaitsForRunningNotify(t *testing.T) {
+	p := newTestPort(t, 8)
+	k := p.RxRing(0)
+	entered, release := make(chan struct{}), make(chan struct{})
+	k.SetNotify(func() { close(entered); <-release })
+	go k.Notify()
+	<-entered
+	done := make(chan struct{})
+	go func() { k.SetNotify(nil); close(done) }()
+	select {
+	case <-done:
+		t.Fatal("SetNotify(nil) returned while the old notify was running")
+	default:
+	}
+	close(release)
+	<-done
+	k.Notify() // nothing installed: no call
+}

@@ -303,6 +303,7 @@ func (p *Port) Close() error {
 			k.leaseDone.Wait()
 		}
 		k.mu.Unlock()
+		k.SetNotify(nil) // and for notifications still running
 	}
 	p.teardown()
 	return nil
