@@ -21,6 +21,7 @@ type Config struct {
 	Kernel    string        // bzImage
 	Initrd    string        // initramfs with the agent as /init
 	Append    string        // kernel command line
+	Machine   string        // qemu -machine; default q35
 	MemMB     int           // default 4096
 	CPUs      int           // default 2
 	Timeout   time.Duration // hard limit for the whole boot; default 10 minutes
@@ -49,9 +50,13 @@ func (cfg Config) Args() []string {
 	if cpus == 0 {
 		cpus = 2
 	}
+	machine := cfg.Machine
+	if machine == "" {
+		machine = "q35"
+	}
 	args := []string{
 		"-nodefaults", "-no-user-config", "-display", "none",
-		"-machine", "q35", "-accel", "tcg,thread=multi,tb-size=512", "-cpu", "max",
+		"-machine", machine, "-accel", "tcg,thread=multi,tb-size=512", "-cpu", "max",
 		"-m", strconv.Itoa(mem), "-smp", strconv.Itoa(cpus),
 		"-chardev", "stdio,id=con,signal=off", "-serial", "chardev:con",
 		"-no-reboot",

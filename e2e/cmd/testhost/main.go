@@ -35,6 +35,7 @@ func main() {
 		glog    = flag.Bool("guestlog", false, "keep the inner guest's kernel log on its console (slower)")
 		mem     = flag.Int("mem", 4096, "test host memory in MiB")
 		cpus    = flag.Int("smp", 2, "test host vCPUs")
+		machine = flag.String("machine", "q35", "test host qemu -machine")
 	)
 	flag.Parse()
 	start := time.Now()
@@ -84,7 +85,7 @@ func main() {
 	if direct {
 		code = runDirect(ctx, a, *run, guestCmd, env, *timeout)
 	} else {
-		code = runQEMU(ctx, a, *run, guestCmd, env, *timeout, *mem, *cpus)
+		code = runQEMU(ctx, a, *run, guestCmd, env, *timeout, *machine, *mem, *cpus)
 	}
 	fmt.Printf("testhost: total wall time %.1fs\n", time.Since(start).Seconds())
 	if !*keep {
@@ -146,7 +147,7 @@ func runDirect(ctx context.Context, a *testhost.Assets, run, guestCmd string, en
 	return 0
 }
 
-func runQEMU(ctx context.Context, a *testhost.Assets, run, guestCmd string, env []string, timeout time.Duration, mem, cpus int) int {
+func runQEMU(ctx context.Context, a *testhost.Assets, run, guestCmd string, env []string, timeout time.Duration, machine string, mem, cpus int) int {
 	t := time.Now()
 	tests := guestCmd == ""
 	if tests {
@@ -170,6 +171,7 @@ func runQEMU(ctx context.Context, a *testhost.Assets, run, guestCmd string, env 
 		Kernel:  a.Kernel.Vmlinuz(),
 		Initrd:  initrd,
 		Append:  testhost.Cmdline(),
+		Machine: machine,
 		MemMB:   mem,
 		CPUs:    cpus,
 		Timeout: timeout,
