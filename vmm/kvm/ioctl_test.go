@@ -38,3 +38,41 @@ func TestIoctlNumbers(t *testing.T) {
 		}
 	}
 }
+
+// Offsets in struct kvm_run as offsetof reports them against linux/kvm.h (x86-64).
+func TestRunOffsets(t *testing.T) {
+	cases := []struct {
+		name      string
+		got, want int
+	}{
+		{"immediate_exit", runImmediateExit, 1},
+		{"exit_reason", runExitReason, 8},
+		{"if_flag", runIfFlag, 13},
+		{"io.direction", ioDirection, 32},
+		{"io.size", ioSize, 33},
+		{"io.port", ioPort, 34},
+		{"io.count", ioCount, 36},
+		{"io.data_offset", ioDataOffset, 40},
+		{"mmio.phys_addr", mmioPhysAddr, 32},
+		{"mmio.data", mmioData, 40},
+		{"mmio.len", mmioLen, 48},
+		{"mmio.is_write", mmioIsWrite, 52},
+		{"internal.suberror", internalSuberror, 32},
+		{"internal.ndata", internalNData, 36},
+		{"internal.data", internalData, 40},
+		{"system_event.type", sysEventType, 32},
+		{"system_event.ndata", sysEventNData, 36},
+		{"system_event.data", sysEventData, 40},
+		{"fail_entry.hardware_entry_failure_reason", failEntryReason, 32},
+		{"fail_entry.cpu", failEntryCPU, 40},
+		{"hw.hardware_exit_reason", hwExitReason, 32},
+		{"sizeof(struct kvm_run)", runPageMinSize, 2352},
+		{"sizeof(struct kvm_cpuid_entry2)", cpuidEntrySize, 40},
+		{"sizeof(struct kvm_msr_entry)", msrEntrySize, 16},
+	}
+	for _, c := range cases {
+		if c.got != c.want {
+			t.Errorf("kvm_run %s = %d, want %d", c.name, c.got, c.want)
+		}
+	}
+}
