@@ -278,8 +278,9 @@ func (p *Port) OnClose(fn func()) {
 }
 
 // Close frees the port's buffers, rings and netmap_if and drops its region reference.
-// It waits for running syncs and outstanding RX leases; afterwards Sync returns
-// ErrClosed and RxReserve returns empty leases.
+// It waits for running syncs, outstanding RX leases and running notify calls (so it
+// must not be called from a SyncFunc or notify function of this port); afterwards Sync
+// returns ErrClosed and RxReserve returns empty leases.
 func (p *Port) Close() error {
 	p.closeMu.Lock()
 	if p.closed {
