@@ -27,6 +27,11 @@ type NIC struct {
 	MTU int
 	// Slot is the PCI slot (1..31), or 0 for the first free one.
 	Slot int
+	// Ports, if set, are the backend (one port per queue pair) instead of a TAP;
+	// PortsVnetHdr says they carry virtio-net headers (offloads are then offered).
+	// The NIC closes them.
+	Ports        []backends.Port
+	PortsVnetHdr bool
 }
 
 // DefaultMAC is the MAC of NIC i when none is given.
@@ -79,31 +84,35 @@ func (v *VM) AddNIC(index int, n NIC) (_ *NICDevice, err error) {
 	if n.MAC == [6]byte{} {
 		n.MAC = DefaultMAC(index)
 	}
-	if !tap.Exists(n.Tap) {
-		if ok, why := tap.CanCreate(); !ok {
-			return nil, fmt.Errorf("vmm: TAP %s does not exist and cannot be created (%s): create it with `ip tuntap add %s mode tap user $USER`", n.Tap, why, n.Tap)
-		}
-	}
 	nd := &NICDevice{}
 	defer func() {
 		if err != nil {
 			nd.Close()
 		}
 	}()
-	if nd.Tap, err = tap.Open(tap.Options{Name: n.Tap, Queues: n.Queues, VnetHdr: true}); err != nil {
-		return nil, fmt.Errorf("vmm: NIC %d: %w", index, err)
-	}
-	if nd.Tap.Created() && n.MTU != 0 {
-		if err := nd.Tap.SetMTU(n.MTU); err != nil {
+	logf := func(format string, args ...any) { v.log.Warn(fmt.Sprintf(format, args...)) }
+	ncfg := virtionet.Config{MAC: n.MAC, Ports: n.Ports, VnetHdr: n.PortsVnetHdr, MTU: n.MTU, Logf: logf}
+	if len(n.Ports) == 0 {
+		if !tap.Exists(n.Tap) {
+			if ok, why := tap.CanCreate(); !ok {
+				return nil, fmt.Errorf("vmm: TAP %s does not exist and cannot be created (%s): create it with `ip tuntap add %s mode tap user $USER`", n.Tap, why, n.Tap)
+			}
+		}
+		if nd.Tap, err = tap.Open(tap.Options{Name: n.Tap, Queues: n.Queues, VnetHdr: true}); err != nil {
 			return nil, fmt.Errorf("vmm: NIC %d: %w", index, err)
 		}
+		if nd.Tap.Created() && n.MTU != 0 {
+			if err := nd.Tap.SetMTU(n.MTU); err != nil {
+				return nil, fmt.Errorf("vmm: NIC %d: %w", index, err)
+			}
+		}
+		ncfg.Ports = make([]backends.Port, n.Queues)
+		for i := range ncfg.Ports {
+			ncfg.Ports[i] = nd.Tap.Queue(i)
+		}
+		ncfg.VnetHdr, ncfg.Offloads = true, nd.Tap
 	}
-	ports := make([]backends.Port, n.Queues)
-	for i := range ports {
-		ports[i] = nd.Tap.Queue(i)
-	}
-	logf := func(format string, args ...any) { v.log.Warn(fmt.Sprintf(format, args...)) }
-	if nd.Net, err = virtionet.New(virtionet.Config{MAC: n.MAC, Ports: ports, VnetHdr: true, Offloads: nd.Tap, MTU: n.MTU, Logf: logf}); err != nil {
+	if nd.Net, err = virtionet.New(ncfg); err != nil {
 		return nil, fmt.Errorf("vmm: NIC %d: %w", index, err)
 	}
 	slot := n.Slot
@@ -146,7 +155,7 @@ func (v *VM) AddNIC(index int, n NIC) (_ *NICDevice, err error) {
 		return nil, fmt.Errorf("vmm: NIC %d: %w", index, err)
 	}
 	nd.resample.Start()
-	v.log.Debug("nic added", "index", index, "tap", n.Tap, "created", nd.Tap.Created(), "slot", slot, "queues", n.Queues, "mac", fmt.Sprintf("%x", n.MAC))
+	v.log.Debug("nic added", "index", index, "tap", n.Tap, "slot", slot, "queues", n.Queues, "mac", fmt.Sprintf("%x", n.MAC))
 	return nd, nil
 }
 
