@@ -18,6 +18,7 @@ declare -A groups=(
 	[kvm]="irqbypass kvm kvm-amd"
 	[virtio-net]="virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci failover net_failover virtio_net"
 	[uio]="uio uio_pci_generic"
+	[tun]="tun"
 )
 optional="ccp"
 

@@ -112,8 +112,12 @@ func (a *Assets) packGuest() error {
 	return initramfs.BuildFile(filepath.Join(a.Dir, AssetGuestInit), spec)
 }
 
+// TestHostGroups are the module groups the test host's agent loads, in
+// order: KVM, and TUN for tests that use tap devices.
+var TestHostGroups = []string{"kvm", "tun"}
+
 // TestHostModules are loaded by the test host's agent, in this order.
-func (a *Assets) TestHostModules() ([]string, error) { return a.Kernel.Modules("kvm") }
+func (a *Assets) TestHostModules() ([]string, error) { return a.Kernel.Modules(TestHostGroups...) }
 
 // WriteTestHostInitramfs packs the test host: the agent as /init, the kvm
 // modules in its load list, cmd as the agent's command, and the assets
