@@ -1,6 +1,7 @@
 // Command vmrun boots a Linux guest on KVM with its console on stdio:
 //
 //	vmrun [-kernel PATH] [-initrd PATH] [-append STR] [-m 512M] [-cpus 2] [-v] [-force]
+//	      [-net virtio,tap=NAME[,mac=MAC][,queues=N][,mtu=N]] [-s SLOT,virtio-net,TAP]
 //
 // Without -kernel it boots the kernel `make kernel` provisioned; without -initrd, an
 // initramfs holding the ptvmm guest agent as /init. vmrun exits with the status the
@@ -43,7 +44,14 @@ func run(start time.Time, args []string) int {
 	cpus := fs.Int("cpus", 1, "number of vCPUs")
 	verbose := fs.Bool("v", false, "print timings and VMM events to stderr")
 	force := fs.Bool("force", os.Getenv("PTVMM_FORCE") != "", "boot even where KVM has no hardware virtualization (also $PTVMM_FORCE)")
+	var nics nicFlags
+	fs.Var(netFlag{&nics}, "net", "add a virtio-net NIC: "+netUsage+" (repeatable)")
+	fs.Var(slotFlag{&nics}, "s", "add a NIC bhyve-style: SLOT,virtio-net,TAP[,mac=MAC] (repeatable)")
 	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if err := checkNICs(nics.nics); err != nil {
+		fmt.Fprintf(os.Stderr, "vmrun: %v\n", err)
 		return 2
 	}
 	if fs.NArg() > 0 {
@@ -95,6 +103,13 @@ func run(start time.Time, args []string) int {
 		return hostError(err)
 	}
 	defer vm.Close()
+	for i, n := range nics.nics {
+		nd, err := vm.AddNIC(i, n)
+		if err != nil {
+			return hostError(err)
+		}
+		defer nd.Close()
+	}
 	err = vm.Run(ctx)
 	t := vm.Timings()
 	log.Debug("timings", "start_to_first_kvm_run", t.FirstEntry, "start_to_first_exit", t.FirstExit,

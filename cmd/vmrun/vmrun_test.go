@@ -66,6 +66,9 @@ func TestUsageErrors(t *testing.T) {
 	if got := run(time.Now(), []string{"-m", "lots"}); got != 2 {
 		t.Errorf("bad -m: status %d, want 2", got)
 	}
+	if got := run(time.Now(), []string{"-net", "virtio,tap=t0", "-s", "3,virtio-net,t0"}); got != 2 {
+		t.Errorf("two NICs on one TAP: status %d, want 2", got)
+	}
 	if got := run(time.Now(), []string{"-nosuchflag"}); got != 2 {
 		t.Errorf("unknown flag: status %d, want 2", got)
 	}
