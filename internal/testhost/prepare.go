@@ -15,31 +15,68 @@ import (
 
 // Package paths Prepare builds, relative to the module root.
 const (
-	vmrunPkg = "./cmd/vmrun"
-	e2ePkg   = "./e2e"
+	vmrunPkg   = "./cmd/vmrun"
+	modulePath = "github.com/ptvmm/ptvmm"
 )
+
+// E2EPackage holds the end-to-end tests.
+const E2EPackage = modulePath + "/e2e"
+
+// TestPackages expands patterns (go list syntax) to the import paths of
+// packages that have tests.
+func TestPackages(ctx context.Context, root string, patterns []string) ([]string, error) {
+	args := append([]string{"list", "-f", "{{if or .TestGoFiles .XTestGoFiles}}{{.ImportPath}}{{end}}"}, patterns...)
+	cmd := exec.CommandContext(ctx, "go", args...)
+	cmd.Dir = root
+	out, err := cmd.Output()
+	if err != nil {
+		msg := ""
+		if ee, ok := err.(*exec.ExitError); ok {
+			msg = string(ee.Stderr)
+		}
+		return nil, fmt.Errorf("testhost: go list %s: %w\n%s", strings.Join(patterns, " "), err, msg)
+	}
+	pkgs := strings.Fields(string(out))
+	if len(pkgs) == 0 {
+		return nil, fmt.Errorf("testhost: no tests in %s", strings.Join(patterns, " "))
+	}
+	return pkgs, nil
+}
 
 // Assets are the built pieces of an e2e run, in Dir (see the Asset* names).
 type Assets struct {
-	Dir        string
-	Root       string // module root
-	Kernel     *Kernel
-	Init       string // static guest agent: PID 1 of the test host and of the inner guest
-	VMRun      string // static cmd/vmrun; "" when the repo has none yet
-	TestBinary string // static e2e test binary; "" unless built for the test host
+	Dir    string
+	Root   string // module root
+	Kernel *Kernel
+	Init   string       // static guest agent: PID 1 of the test host and of the inner guest
+	VMRun  string       // static cmd/vmrun; "" when the repo has none yet
+	Tests  []TestBinary // static test binaries built for the test host
 }
+
+// TestBinary is a `go test -c` binary of one package.
+type TestBinary struct {
+	Pkg  string // import path
+	Path string // host path
+	Name string // file name, unique per package
+}
+
+// GuestPath is where the binary is inside the test host.
+func (b TestBinary) GuestPath() string { return TestHostAssets + "/tests/" + b.Name }
 
 // Options say what Prepare builds.
 type Options struct {
-	Root       string  // module root
-	Dir        string  // output directory (exists, empty)
-	Kernel     *Kernel // the kernel cache
-	TestBinary bool    // build the e2e test binary (for the test host)
-	Log        io.Writer
+	Root   string  // module root
+	Dir    string  // output directory (exists, empty)
+	Kernel *Kernel // the kernel cache
+	// TestPackages are packages (import paths or patterns such as
+	// ./vmm/...) whose tests are built as static binaries for the test host;
+	// packages without tests are dropped.
+	TestPackages []string
+	Log          io.Writer
 }
 
-// Prepare builds the static agent, vmrun and (if TestBinary) the e2e test
-// binary into Dir, and the inner guest's initramfs. Log gets one line per step.
+// Prepare builds the static agent, vmrun and the TestPackages' test
+// binaries into Dir, and the inner guest's initramfs. Log gets one line per step.
 func Prepare(ctx context.Context, o Options) (*Assets, error) {
 	root, dir, k, log := o.Root, o.Dir, o.Kernel, o.Log
 	if log == nil {
@@ -65,10 +102,18 @@ func Prepare(ctx context.Context, o Options) (*Assets, error) {
 			return nil, err
 		}
 	}
-	if o.TestBinary {
-		a.TestBinary = filepath.Join(dir, "e2e.test")
-		if err := step("build e2e.test", func() error { return goBuild(ctx, root, a.TestBinary, "test", "-c", e2ePkg) }); err != nil {
+	if len(o.TestPackages) > 0 {
+		pkgs, err := TestPackages(ctx, root, o.TestPackages)
+		if err != nil {
 			return nil, err
+		}
+		for _, p := range pkgs {
+			b := TestBinary{Pkg: p, Name: strings.ReplaceAll(strings.TrimPrefix(p, modulePath+"/"), "/", "_") + ".test"}
+			b.Path = filepath.Join(dir, b.Name)
+			if err := step("build "+b.Name, func() error { return goBuild(ctx, root, b.Path, "test", "-c", p) }); err != nil {
+				return nil, err
+			}
+			a.Tests = append(a.Tests, b)
 		}
 	}
 	if err := step("pack guest initramfs", a.packGuest); err != nil {
@@ -119,11 +164,11 @@ var TestHostGroups = []string{"kvm", "tun"}
 // TestHostModules are loaded by the test host's agent, in this order.
 func (a *Assets) TestHostModules() ([]string, error) { return a.Kernel.Modules(TestHostGroups...) }
 
-// WriteTestHostInitramfs packs the test host: the agent as /init, the kvm
-// modules in its load list, cmd as the agent's command, and the assets
-// (the kernel cache, the guest initramfs, vmrun, the test binary) under
-// TestHostAssets.
-func (a *Assets) WriteTestHostInitramfs(path, cmd string, env []string) error {
+// WriteTestHostInitramfs packs the test host: the agent as /init, the
+// TestHostGroups modules in its load list, cmd as the agent's command with
+// env, and the assets (the kernel cache, the guest initramfs, vmrun, the
+// tests binaries) under TestHostAssets.
+func (a *Assets) WriteTestHostInitramfs(path, cmd string, env []string, tests ...TestBinary) error {
 	mods, err := a.TestHostModules()
 	if err != nil {
 		return err
@@ -156,8 +201,8 @@ func (a *Assets) WriteTestHostInitramfs(path, cmd string, env []string) error {
 	if a.VMRun != "" {
 		add(a.VMRun, at(AssetVMRun), 0o755)
 	}
-	if a.TestBinary != "" {
-		add(a.TestBinary, at("e2e.test"), 0o755)
+	for _, b := range tests {
+		add(b.Path, b.GuestPath(), 0o755)
 	}
 	return initramfs.BuildFile(path, spec)
 }

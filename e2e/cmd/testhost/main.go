@@ -3,9 +3,13 @@
 // TCG test host whose kvm-amd gives the tests a hardware-style /dev/kvm.
 //
 // It prints the tests' -test.v output, a per-test summary with wall times,
-// the test host boot time, and a go test style "ok"/"FAIL" line; it exits 1
-// on any failure and never hangs (-timeout kills qemu and shows the last
-// console lines).
+// the test host boot time, and go test's "ok"/"FAIL" line per package; it
+// exits 1 on any failure and never hangs (-timeout kills qemu and shows the
+// last console lines).
+//
+// -pkgs runs other packages' tests in the test host too (one boot each), for
+// example the KVM tests on a hardware-style KVM: -pkgs=./e2e,./vmm/... .
+// The binaries run as root with / as the working directory (no testdata).
 package main
 
 import (
@@ -22,13 +26,22 @@ import (
 	"github.com/ptvmm/ptvmm/internal/testhost"
 )
 
-const e2eImport = "github.com/ptvmm/ptvmm/e2e"
+type options struct {
+	run      string
+	env      []string
+	timeout  time.Duration
+	deadline time.Time
+	machine  string
+	mem      int
+	cpus     int
+}
 
 func main() {
 	var (
 		mode    = flag.String("mode", "auto", "auto: direct when the host has VT-x/AMD-V, else qemu; or direct, qemu")
 		timeout = flag.Duration("timeout", 10*time.Minute, "hard limit for the whole run")
 		run     = flag.String("run", "", "run only tests matching this regexp (go test -run)")
+		pkgs    = flag.String("pkgs", "./e2e", "comma-separated packages whose tests run (go list patterns)")
 		demo    = flag.Bool("demo", false, "boot the guest and show its console instead of running tests")
 		command = flag.String("cmd", "", "run this command in the test host instead of the tests (debugging)")
 		keep    = flag.Bool("keep", false, "keep the work directory")
@@ -39,6 +52,7 @@ func main() {
 	)
 	flag.Parse()
 	start := time.Now()
+	o := options{run: *run, timeout: *timeout, deadline: start.Add(*timeout), machine: *machine, mem: *mem, cpus: *cpus}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
 
@@ -52,8 +66,6 @@ func main() {
 	check(err)
 	if *keep {
 		fmt.Println("testhost: work directory", work)
-	} else {
-		defer os.RemoveAll(work)
 	}
 
 	direct := *mode == "direct"
@@ -64,28 +76,36 @@ func main() {
 			fmt.Printf("testhost: %s; using the QEMU TCG test host\n", why)
 		}
 	}
-
-	a, err := testhost.Prepare(ctx, testhost.Options{
-		Root: root, Dir: work, Kernel: k, TestBinary: !direct, Log: os.Stdout,
-	})
-	check(err)
-
-	var env []string
-	if *glog {
-		env = append(env, testhost.GuestLogEnv+"=1")
+	tests := !*demo && *command == ""
+	patterns := strings.Split(*pkgs, ",")
+	popts := testhost.Options{Root: root, Dir: work, Kernel: k, Log: os.Stdout}
+	if tests && !direct {
+		popts.TestPackages = patterns
 	}
-	var guestCmd string
-	switch {
-	case *demo:
-		guestCmd = demoCommand(a, direct)
-	case *command != "":
-		guestCmd = *command
+	a, err := testhost.Prepare(ctx, popts)
+	if err != nil {
+		os.RemoveAll(work)
+		fatalf("%v", err)
+	}
+
+	if *glog {
+		o.env = append(o.env, testhost.GuestLogEnv+"=1")
 	}
 	var code int
-	if direct {
-		code = runDirect(ctx, a, *run, guestCmd, env, *timeout)
-	} else {
-		code = runQEMU(ctx, a, *run, guestCmd, env, *timeout, *machine, *mem, *cpus)
+	switch {
+	case *demo:
+		code = runCommand(ctx, a, demoCommand(a, direct), direct, o)
+	case *command != "":
+		code = runCommand(ctx, a, *command, direct, o)
+	case direct:
+		code = runDirectTests(ctx, a, patterns, o)
+	default:
+		code = 0
+		for _, b := range a.Tests {
+			if c := runTestBinary(ctx, a, b, o); c != 0 {
+				code = c
+			}
+		}
 	}
 	fmt.Printf("testhost: total wall time %.1fs\n", time.Since(start).Seconds())
 	if !*keep {
@@ -121,21 +141,36 @@ func shellJoin(args []string) string {
 	return strings.Join(q, " ")
 }
 
-func runDirect(ctx context.Context, a *testhost.Assets, run, guestCmd string, env []string, timeout time.Duration) int {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	var cmd *exec.Cmd
-	if guestCmd != "" {
-		cmd = exec.CommandContext(ctx, "sh", "-c", guestCmd)
-	} else {
-		args := []string{"test", "-v", "-count=1", "-timeout", timeout.String()}
-		if run != "" {
-			args = append(args, "-run", run)
-		}
-		cmd = exec.CommandContext(ctx, "go", append(args, "./e2e")...)
-		cmd.Dir = a.Root
+// runDirectTests runs go test on this host, which has hardware KVM.
+func runDirectTests(ctx context.Context, a *testhost.Assets, patterns []string, o options) int {
+	args := []string{"test", "-v", "-count=1", "-timeout", o.timeout.String()}
+	if o.run != "" {
+		args = append(args, "-run", o.run)
 	}
-	cmd.Env = append(append(os.Environ(), "PTVMM_E2E_DIR="+a.Dir), env...)
+	return runHost(ctx, a, o, "go", append(args, patterns...)...)
+}
+
+// runCommand runs a command (demo, -cmd) in the test host or here.
+func runCommand(ctx context.Context, a *testhost.Assets, command string, direct bool, o options) int {
+	if direct {
+		return runHost(ctx, a, o, "sh", "-c", command)
+	}
+	res, ok := boot(ctx, a, command, o)
+	printSummary(res)
+	if !ok || res == nil || res.ExitStatus != 0 {
+		fmt.Println("testhost: FAIL")
+		return 1
+	}
+	fmt.Println("testhost: ok")
+	return 0
+}
+
+func runHost(ctx context.Context, a *testhost.Assets, o options, name string, args ...string) int {
+	ctx, cancel := context.WithDeadline(ctx, o.deadline)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, name, args...)
+	cmd.Dir = a.Root
+	cmd.Env = append(append(os.Environ(), "PTVMM_E2E_DIR="+a.Dir), o.env...)
 	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
 	if err := cmd.Run(); err != nil {
 		fmt.Println("testhost:", err)
@@ -147,82 +182,94 @@ func runDirect(ctx context.Context, a *testhost.Assets, run, guestCmd string, en
 	return 0
 }
 
-func runQEMU(ctx context.Context, a *testhost.Assets, run, guestCmd string, env []string, timeout time.Duration, machine string, mem, cpus int) int {
+// runTestBinary boots the test host running one package's test binary and
+// prints go test's summary line for it.
+func runTestBinary(ctx context.Context, a *testhost.Assets, b testhost.TestBinary, o options) int {
 	t := time.Now()
-	tests := guestCmd == ""
-	if tests {
-		// Leave the test binary a minute less than qemu so it reports its own timeout.
-		inner := timeout - time.Minute
-		if inner < time.Minute {
-			inner = timeout / 2
-		}
-		guestCmd = fmt.Sprintf("%s/e2e.test -test.v -test.timeout=%s", testhost.TestHostAssets, inner)
-		if run != "" {
-			guestCmd += " " + shellJoin([]string{"-test.run=" + run})
-		}
+	// Leave the binary a minute less than qemu so it reports its own timeout.
+	inner := time.Until(o.deadline) - time.Minute
+	if inner < time.Minute {
+		inner = time.Until(o.deadline) / 2
 	}
-	initrd := filepath.Join(a.Dir, "testhost.cpio")
-	check(a.WriteTestHostInitramfs(initrd, guestCmd, env))
-	st, err := os.Stat(initrd)
-	check(err)
-	fmt.Printf("testhost: pack test host initramfs, %d MiB (%.1fs)\n", st.Size()>>20, time.Since(t).Seconds())
-	fmt.Printf("testhost: test host command: %s\n", guestCmd)
-	cfg := testhost.Config{
-		Kernel:  a.Kernel.Vmlinuz(),
-		Initrd:  initrd,
-		Append:  testhost.Cmdline(),
-		Machine: machine,
-		MemMB:   mem,
-		CPUs:    cpus,
-		Timeout: timeout,
-		Console: os.Stdout,
+	command := fmt.Sprintf("%s -test.v -test.timeout=%s", b.GuestPath(), inner.Round(time.Second))
+	if o.run != "" {
+		command += " " + shellJoin([]string{"-test.run=" + o.run})
 	}
-	fmt.Printf("testhost: booting qemu-system-x86_64 %s\n", strings.Join(cfg.Args(), " "))
-	res, err := testhost.Boot(ctx, cfg)
-	ok := err == nil
-	if err != nil {
-		fmt.Println(err)
-	}
-	fmt.Println()
-	fmt.Println("testhost: summary")
+	res, ok := boot(ctx, a, command, o, b)
+	printSummary(res)
 	if res != nil {
-		if res.Ready > 0 {
-			fmt.Printf("  test host boot (qemu start to agent ready): %.1fs\n", res.Ready.Seconds())
-		} else {
-			fmt.Println("  test host agent never became ready")
-			ok = false
-		}
 		for _, tr := range res.Tests {
-			fmt.Printf("  %-4s %-50s %7.2fs\n", tr.Status, tr.Name, tr.Elapsed.Seconds())
 			if tr.Status == "FAIL" {
 				ok = false
 			}
 		}
-		if tests && len(res.Tests) == 0 {
+		if len(res.Tests) == 0 {
 			fmt.Println("  no test results on the console")
 			ok = false
 		}
-		fmt.Printf("  command exit status in the test host: %d\n", res.ExitStatus)
 		if res.ExitStatus != 0 {
 			ok = false
 		}
-		fmt.Printf("  qemu wall time: %.1fs\n", res.Elapsed.Seconds())
 	}
 	el := time.Since(t).Seconds()
-	if !tests {
-		if !ok {
-			fmt.Printf("testhost: FAIL (%.1fs)\n", el)
-			return 1
-		}
-		fmt.Printf("testhost: ok (%.1fs)\n", el)
-		return 0
-	}
 	if !ok {
-		fmt.Printf("FAIL\t%s\t%.3fs\n", e2eImport, el)
+		fmt.Printf("FAIL\t%s\t%.3fs\n", b.Pkg, el)
 		return 1
 	}
-	fmt.Printf("ok  \t%s\t%.3fs\n", e2eImport, el)
+	fmt.Printf("ok  \t%s\t%.3fs\n", b.Pkg, el)
 	return 0
+}
+
+// boot packs the test host for command and runs it; ok is false when the
+// boot itself failed (timeout, qemu error, agent never ready).
+func boot(ctx context.Context, a *testhost.Assets, command string, o options, tests ...testhost.TestBinary) (*testhost.Result, bool) {
+	t := time.Now()
+	initrd := filepath.Join(a.Dir, "testhost.cpio")
+	check(a.WriteTestHostInitramfs(initrd, command, o.env, tests...))
+	st, err := os.Stat(initrd)
+	check(err)
+	fmt.Printf("testhost: pack test host initramfs, %d MiB (%.1fs)\n", st.Size()>>20, time.Since(t).Seconds())
+	fmt.Printf("testhost: test host command: %s\n", command)
+	remaining := time.Until(o.deadline)
+	if remaining <= 0 {
+		fmt.Println("testhost: no time left (-timeout)")
+		return nil, false
+	}
+	cfg := testhost.Config{
+		Kernel:  a.Kernel.Vmlinuz(),
+		Initrd:  initrd,
+		Append:  testhost.Cmdline(),
+		Machine: o.machine,
+		MemMB:   o.mem,
+		CPUs:    o.cpus,
+		Timeout: remaining,
+		Console: os.Stdout,
+	}
+	fmt.Printf("testhost: booting qemu-system-x86_64 %s\n", strings.Join(cfg.Args(), " "))
+	res, err := testhost.Boot(ctx, cfg)
+	if err != nil {
+		fmt.Println(err)
+	}
+	ok := err == nil && res != nil && res.Ready > 0
+	return res, ok
+}
+
+func printSummary(res *testhost.Result) {
+	fmt.Println()
+	fmt.Println("testhost: summary")
+	if res == nil {
+		return
+	}
+	if res.Ready > 0 {
+		fmt.Printf("  test host boot (qemu start to agent ready): %.1fs\n", res.Ready.Seconds())
+	} else {
+		fmt.Println("  test host agent never became ready")
+	}
+	for _, tr := range res.Tests {
+		fmt.Printf("  %-4s %-50s %7.2fs\n", tr.Status, tr.Name, tr.Elapsed.Seconds())
+	}
+	fmt.Printf("  command exit status in the test host: %d\n", res.ExitStatus)
+	fmt.Printf("  qemu wall time: %.1fs\n", res.Elapsed.Seconds())
 }
 
 func check(err error) {
