@@ -33,13 +33,15 @@ type dstQueue struct {
 	slots      uint32
 }
 
-// fwdState is the scratch of one source TX ring. Only the ring's sync uses it.
+// fwdState is the scratch of one source TX ring. Only the ring's sync uses it. The
+// large arrays (about 55 KiB) are made at the ring's first sync, so idle rings of a
+// full switch cost little.
 type fwdState struct {
 	p        *Port
 	ring     int
-	frags    [BatchSize]netmap.Frag
-	ft       [BatchSize]fwdEntry
-	q        [MaxPorts]dstQueue
+	frags    []netmap.Frag // BatchSize
+	ft       []fwdEntry    // BatchSize
+	q        *[MaxPorts]dstQueue
 	bq       dstQueue
 	touched  [MaxPorts]uint8
 	ntouched int
@@ -49,6 +51,9 @@ type fwdState struct {
 }
 
 func (f *fwdState) init() {
+	f.frags = make([]netmap.Frag, BatchSize)
+	f.ft = make([]fwdEntry, BatchSize)
+	f.q = new([MaxPorts]dstQueue)
 	for i := range f.q {
 		f.q[i] = dstQueue{head: -1, tail: -1}
 	}
@@ -69,7 +74,7 @@ func (f *fwdState) sync(k *netmap.Kring, _ netmap.SyncFlags) error {
 	s.mu.RLock()
 	f.ts = time.Time{}
 	for {
-		n, next := k.TxScan(pos, f.frags[:])
+		n, next := k.TxScan(pos, f.frags)
 		if next == pos {
 			break
 		}
@@ -136,7 +141,7 @@ func (f *fwdState) forward(s *Switch, n int) {
 		switch {
 		case d == Broadcast:
 			f.ft[e] = fwdEntry{first: uint16(fi), nf: uint16(nf), next: -1, bytes: bytes}
-			f.bq.push(f.ft[:], e, uint32(nf))
+			f.bq.push(f.ft, e, uint32(nf))
 			nft++
 		case d == src:
 			dSelf++
@@ -151,7 +156,7 @@ func (f *fwdState) forward(s *Switch, n int) {
 				f.touched[f.ntouched] = uint8(d)
 				f.ntouched++
 			}
-			q.push(f.ft[:], e, uint32(nf))
+			q.push(f.ft, e, uint32(nf))
 			nft++
 		}
 	}
