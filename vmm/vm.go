@@ -41,7 +41,8 @@ type VM struct {
 	endErr     error // first reason to end; written once under endOnce
 	firstEntry sync.Once
 	firstExit  sync.Once
-	unclaimed  sync.Map // unclaimedKey -> struct{}: logged once each
+	closers    []func() error // OnClose hooks, run in reverse order by Close
+	unclaimed  sync.Map       // unclaimedKey -> struct{}: logged once each
 	unclaimedN atomic.Int32
 }
 
@@ -284,6 +285,12 @@ func (v *VM) PCI() *pci.Root { return v.pci }
 // Timings reports the milestones reached so far (safe after Run returned).
 func (v *VM) Timings() Timings { return v.timings }
 
+// OnClose registers f to run when the VM is closed, before the vCPUs, the KVM VM and
+// guest RAM go away (hooks run in reverse order of registration). Devices use it to
+// deassign ioeventfds and irqfds while the VM fd is still open. Call it before Run,
+// from the goroutine that calls New and Close.
+func (v *VM) OnClose(f func() error) { v.closers = append(v.closers, f) }
+
 // Close releases the vCPUs, the KVM VM and guest RAM. Call it after Run returned (or
 // instead of Run).
 func (v *VM) Close() error {
@@ -295,6 +302,10 @@ func (v *VM) Close() error {
 			first = err
 		}
 	}
+	for i := len(v.closers) - 1; i >= 0; i-- {
+		keep(v.closers[i]())
+	}
+	v.closers = nil
 	if v.uart != nil {
 		v.uart.Close()
 	}

@@ -452,3 +452,24 @@ func TestMicroUARTInterrupts(t *testing.T) {
 		t.Errorf("console %q", con.String())
 	}
 }
+
+func TestOnCloseRunsBeforeVMGoesAway(t *testing.T) {
+	kvmOrSkip(t)
+	v, err := New(Config{Micro: &Micro{Code: spin}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var order []int
+	v.OnClose(func() error { order = append(order, 1); return nil })
+	v.OnClose(func() error {
+		order = append(order, 2)
+		// The VM fd is still usable here.
+		return v.KVM().IRQLine(irqCOM1, false)
+	})
+	if err := v.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if len(order) != 2 || order[0] != 2 || order[1] != 1 {
+		t.Errorf("hooks ran in order %v, want [2 1]", order)
+	}
+}
