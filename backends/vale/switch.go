@@ -255,10 +255,27 @@ func (s *Switch) Attach(name string, np *netmap.Port) (*Port, error) {
 	return s.attach(name, np, false)
 }
 
+// attached holds every netmap port on some switch, so that one port is never
+// attached twice (its TX sync function would be taken over).
+var attachedPorts sync.Map // *netmap.Port -> *Port
+
 func (s *Switch) attach(name string, np *netmap.Port, own bool) (*Port, error) {
 	if np == nil || np.Region() == nil {
 		return nil, fmt.Errorf("vale: %s: attach %q: no port", s.name, name)
 	}
+	if _, dup := attachedPorts.LoadOrStore(np, (*Port)(nil)); dup {
+		return nil, fmt.Errorf("vale: %s: attach %q: netmap port %s is already on a switch; detach it first", s.name, name, np.Name())
+	}
+	p, err := s.attachLocked(name, np, own)
+	if err != nil {
+		attachedPorts.Delete(np)
+		return nil, err
+	}
+	attachedPorts.Store(np, p)
+	return p, nil
+}
+
+func (s *Switch) attachLocked(name string, np *netmap.Port, own bool) (*Port, error) {
 	p := &Port{sw: s, name: name, np: np, own: own, bufSize: int(np.Region().BufSize())}
 	p.fwd = make([]*fwdState, np.NumTxRings())
 	for i := range p.fwd {
@@ -322,6 +339,7 @@ func (p *Port) Detach() error {
 	s.learn.Forget(p.idx)
 	p.mon = nil
 	s.mu.Unlock()
+	attachedPorts.Delete(p.np)
 	if p.own {
 		return p.np.Close()
 	}

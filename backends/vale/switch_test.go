@@ -510,3 +510,32 @@ func TestNoLearnFlag(t *testing.T) {
 	_, ok = s.Learning().Where(mac(0xa))
 	assert.True(t, ok)
 }
+
+func TestAttachExistingPortOnce(t *testing.T) {
+	s1, err := New("vale1")
+	require.NoError(t, err)
+	s2, err := New("vale2")
+	require.NoError(t, err)
+	np, err := netmap.NewPort(netmap.PortConfig{Name: "ext", TxSlots: 64, RxSlots: 64})
+	require.NoError(t, err)
+	defer np.Close()
+	p, err := s1.Attach("ext", np)
+	require.NoError(t, err)
+	_, err = s2.Attach("ext", np)
+	require.Error(t, err, "one netmap port on two switches")
+	_, err = s1.Attach("ext2", np)
+	require.Error(t, err)
+	other, err := s1.NewPort("o", netmap.PortConfig{TxSlots: 64, RxSlots: 64})
+	require.NoError(t, err)
+	defer other.Detach()
+	newUser(t, p).send(eth(bcastMAC, mac(1), 60, 1))
+	assert.Equal(t, []uint32{1}, tags(newUser(t, other).recv()))
+
+	require.NoError(t, p.Detach())
+	// Given back unclosed: its TX ring no longer forwards, and it can move.
+	newUser(t, p).send(eth(bcastMAC, mac(1), 60, 2))
+	assert.Empty(t, newUser(t, other).recv())
+	p2, err := s2.Attach("ext", np)
+	require.NoError(t, err)
+	require.NoError(t, p2.Detach())
+}
