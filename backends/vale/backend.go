@@ -68,7 +68,8 @@ type BackendPort struct {
 }
 
 // AttachBackend creates a switch port named name (one ring pair) and connects be to
-// it. Call Start, or call Poll yourself when be's ReadyFD is readable or the port's
+// it. be must carry plain Ethernet frames: a TAP opened without a virtio-net header
+// (IFF_VNET_HDR), since the switch reads MAC addresses at offset 0. Call Start, or call Poll yourself when be's ReadyFD is readable or the port's
 // ReadyFD (see ReadyFD) is.
 func (s *Switch) AttachBackend(name string, be backends.Port, opt BackendOptions) (*BackendPort, error) {
 	if be == nil {
