@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/ptvmm/ptvmm/backends/netmap"
 	"github.com/ptvmm/ptvmm/backends/pcap"
 )
 
@@ -116,4 +117,31 @@ func TestMonitorErrorsAreCounted(t *testing.T) {
 	us[0].send(eth(mac(0xb), mac(0xa), 60, 1))
 	assert.Equal(t, []uint32{1}, tags(us[1].recv()))
 	assert.Equal(t, uint64(1), ps[0].Counters().MonitorErrors)
+}
+
+func TestRegistryCapture(t *testing.T) {
+	r := NewRegistry()
+	a, err := r.NewPort("vale0:a", netmap.PortConfig{TxSlots: 64, RxSlots: 64})
+	require.NoError(t, err)
+	defer a.Detach()
+	b, err := r.NewPort("vale0:b", netmap.PortConfig{TxSlots: 64, RxSlots: 64})
+	require.NoError(t, err)
+	defer b.Detach()
+	path := filepath.Join(t.TempDir(), "a.pcap")
+	dir, err := ParseDirection("tx")
+	require.NoError(t, err)
+	_, err = ParseDirection("sideways")
+	require.Error(t, err)
+	for _, bad := range []string{"vale0", "vale9:a", "vale0:zz"} {
+		_, err := r.Capture(bad, dir, path, 0)
+		require.Error(t, err, bad)
+	}
+	stop, err := r.Capture("vale0:a", dir, path, 0)
+	require.NoError(t, err)
+	ua := newUser(t, a)
+	ua.send(eth(mac(0xb), mac(0xa), 60, 1), eth(mac(0xb), mac(0xa), 70, 2))
+	newUser(t, b).send(eth(mac(0xa), mac(0xb), 80, 3)) // rx of a: not captured
+	require.NoError(t, stop())
+	got := readPcap(t, path)
+	assert.Equal(t, []uint32{1, 2}, tags(got))
 }
