@@ -21,8 +21,9 @@
 // OpenEndpoint gives a device that speaks backends.Port (virtio-net) a port of its
 // own; AttachBackend connects any backends.Port (a TAP) through a pump (BackendPort).
 // Frames in the switch are plain Ethernet (no virtio-net header). Each port has
-// Counters and optional Monitors (the pcap package writes them to a file). WriteList
-// formats switches, ports and counters for a `vmrun vale` listing.
+// Counters and optional Monitors (the pcap package writes them to a file;
+// Registry.Capture does both steps for a "valeX:Y" name). WriteList formats switches,
+// ports and counters for a `vmrun vale` listing.
 //
 // Slot flags honoured on TX: NS_MOREFRAG (chains up to netmap.MaxFrags slots) and
 // NS_NO_LEARN (with the default lookup). RX slots carry the fragment count in the
