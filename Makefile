@@ -4,7 +4,7 @@ GO ?= go
 E2E_TIMEOUT ?= 10m
 E2E_FLAGS ?=
 
-.PHONY: all build kernel test unit e2e demo bench vet fmt check clean
+.PHONY: all build kernel test unit e2e e2e-kvm demo bench vet fmt check clean
 
 all: build
 
@@ -25,6 +25,13 @@ e2e: kernel
 	$(GO) run ./e2e/cmd/testhost -timeout $(E2E_TIMEOUT) $(E2E_FLAGS)
 
 test: unit e2e
+
+# The KVM-using unit tests again, on a hardware-style KVM: on a VT-x/AMD-V
+# host directly, else in the test host (nested SVM under TCG), one boot per
+# package. Not part of `make test`.
+KVM_PKGS ?= ./vmm/...,./backends/tap
+e2e-kvm: kernel
+	$(GO) run ./e2e/cmd/testhost -pkgs $(KVM_PKGS) -timeout $(E2E_TIMEOUT) $(E2E_FLAGS)
 
 # Boot the Debian guest with vmrun and show its console.
 demo: kernel
