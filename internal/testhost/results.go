@@ -20,8 +20,10 @@ type TestResult struct {
 	Elapsed time.Duration
 }
 
-// Not anchored: a kernel message may share the serial line.
-var resultRE = regexp.MustCompile(`--- (PASS|FAIL|SKIP): (\S+) \(([0-9.]+)s\)`)
+// Anchored, with go test's four-space indent per subtest level: a result
+// line quoted inside another test's failure message (tab-indented) is not
+// a result.
+var resultRE = regexp.MustCompile(`^(?: {4})*--- (PASS|FAIL|SKIP): (\S+) \(([0-9.]+)s\)`)
 
 // ParseResult recognises a `go test -v` result line.
 func ParseResult(line string) (TestResult, bool) {

@@ -19,7 +19,9 @@ func TestParseResult(t *testing.T) {
 	}{
 		{"--- PASS: TestKVMSanity (0.21s)", TestResult{"TestKVMSanity", "PASS", 210 * time.Millisecond}, true},
 		{"    --- FAIL: TestBoot/status_7 (12.50s)", TestResult{"TestBoot/status_7", "FAIL", 12500 * time.Millisecond}, true},
-		{"[    3.1] kvm: x--- SKIP: TestX (0.00s)", TestResult{"TestX", "SKIP", 0}, true},
+		{"        --- SKIP: TestX/a/b (0.00s)", TestResult{"TestX/a/b", "SKIP", 0}, true},
+		{"        \t            \t    --- PASS: TestQuoted (2.46s)", TestResult{}, false},
+		{"x--- PASS: TestX (0.00s)", TestResult{}, false},
 		{"=== RUN   TestKVMSanity", TestResult{}, false},
 		{"--- PASS: TestX (fast)", TestResult{}, false},
 	} {
