@@ -2,6 +2,7 @@ package testhost
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -19,9 +20,6 @@ const (
 	modulePath = "github.com/ptvmm/ptvmm"
 )
 
-// E2EPackage holds the end-to-end tests.
-const E2EPackage = modulePath + "/e2e"
-
 // TestPackages expands patterns (go list syntax) to the import paths of
 // packages that have tests.
 func TestPackages(ctx context.Context, root string, patterns []string) ([]string, error) {
@@ -31,7 +29,8 @@ func TestPackages(ctx context.Context, root string, patterns []string) ([]string
 	out, err := cmd.Output()
 	if err != nil {
 		msg := ""
-		if ee, ok := err.(*exec.ExitError); ok {
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
 			msg = string(ee.Stderr)
 		}
 		return nil, fmt.Errorf("testhost: go list %s: %w\n%s", strings.Join(patterns, " "), err, msg)
