@@ -14,6 +14,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -174,7 +175,8 @@ func runHost(ctx context.Context, a *testhost.Assets, o options, name string, ar
 	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
 	if err := cmd.Run(); err != nil {
 		fmt.Println("testhost:", err)
-		if ee, ok := err.(*exec.ExitError); ok && ee.ExitCode() > 0 {
+		var ee *exec.ExitError
+		if errors.As(err, &ee) && ee.ExitCode() > 0 {
 			return ee.ExitCode()
 		}
 		return 1
