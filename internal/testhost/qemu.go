@@ -74,6 +74,9 @@ func Boot(ctx context.Context, cfg Config) (*Result, error) {
 	if bin == "" {
 		bin = "qemu-system-x86_64"
 	}
+	if _, err := exec.LookPath(bin); err != nil {
+		return nil, fmt.Errorf("testhost: %s not found; install it (Debian: apt-get install qemu-system-x86): %w", bin, err)
+	}
 	timeout := cfg.Timeout
 	if timeout == 0 {
 		timeout = 10 * time.Minute

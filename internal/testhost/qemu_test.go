@@ -59,3 +59,9 @@ func TestConfigArgs(t *testing.T) {
 	}
 	assert.Equal(t, "a b", args[len(args)-1], "the command line is one argument")
 }
+
+func TestBootNoQEMU(t *testing.T) {
+	_, err := Boot(context.Background(), Config{QEMU: "ptvmm-no-such-qemu"})
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "apt-get install qemu-system-x86")
+}
