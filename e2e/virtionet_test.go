@@ -18,6 +18,7 @@ import (
 
 	"github.com/ptvmm/ptvmm/backends"
 	"github.com/ptvmm/ptvmm/backends/tap"
+	"github.com/ptvmm/ptvmm/devices/virtionet"
 	"github.com/ptvmm/ptvmm/guest/initramfs"
 	"github.com/ptvmm/ptvmm/internal/testhost"
 	"github.com/ptvmm/ptvmm/vmm"
@@ -160,12 +161,10 @@ const (
 	vnetHdrLen   = 12
 )
 
-// TestVirtioNetTraffic boots a guest whose initramfs holds this test binary as a
-// helper (TestGuestNetHelper): it configures eth0 and pings the host; the host side
-// answers ARP and echo requests and pings the guest, whose kernel answers. Both
-// directions must work through the device's RX and TX paths.
-func TestVirtioNetTraffic(t *testing.T) {
-	dir := requireGuest(t)
+// helperInitramfs is a guest initramfs whose command can be this test binary
+// (/bin/nethelper) running TestGuestNetHelper in the given mode.
+func helperInitramfs(t *testing.T, dir, mode string) string {
+	t.Helper()
 	if _, err := os.Stat("/init"); err != nil {
 		t.Skip("no agent at /init to reuse for the guest (not in the test host)")
 	}
@@ -175,23 +174,22 @@ func TestVirtioNetTraffic(t *testing.T) {
 	require.NoError(t, err)
 	mods, err := k.Modules("virtio-net")
 	require.NoError(t, err)
-	spec := initramfs.Spec{Init: "/init", Env: []string{netHelperEnv + "=1"}}
+	spec := initramfs.Spec{Init: "/init", Env: []string{netHelperEnv + "=" + mode}}
 	for _, m := range mods {
 		spec.Modules = append(spec.Modules, k.ModulePath(m))
 	}
 	spec.Files = append(spec.Files, initramfs.File{Guest: "/bin/nethelper", Host: exe, Mode: 0o755})
 	img := filepath.Join(t.TempDir(), "guest.cpio")
 	require.NoError(t, initramfs.BuildFile(img, spec))
+	return img
+}
 
-	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
-	require.NoError(t, err)
-	host := fds[1]
-	defer unix.Close(host)
-	h := &hostSide{t: t, fd: host, stop: make(chan struct{})}
-	h.wg.Add(1)
-	go h.run()
-	defer h.close()
+const helperCmd = "/bin/nethelper -test.run=^TestGuestNetHelper$ -test.v"
 
+// runHelperGuest boots the helper guest with nic; started runs once the NIC exists
+// (before the guest starts). It returns the console and the NIC's counters.
+func runHelperGuest(t *testing.T, dir, img string, nic vmm.NIC, started func(*vmm.NICDevice)) (*console, virtionet.PairStats) {
+	t.Helper()
 	c := &console{start: time.Now()}
 	pr, pw, err := os.Pipe()
 	require.NoError(t, err)
@@ -201,7 +199,7 @@ func TestVirtioNetTraffic(t *testing.T) {
 	vm, err := vmm.New(vmm.Config{
 		Kernel:  filepath.Join(dir, testhost.AssetKernelDir, "vmlinuz"),
 		Initrd:  img,
-		Cmdline: testhost.GuestCmdline("/bin/nethelper -test.run=^TestGuestNetHelper$ -test.v"),
+		Cmdline: testhost.GuestCmdline(helperCmd),
 		MemSize: 512 << 20,
 		CPUs:    2,
 		Console: watch,
@@ -213,27 +211,223 @@ func TestVirtioNetTraffic(t *testing.T) {
 		require.NoError(t, err)
 	}
 	defer vm.Close()
-	nd, err := vm.AddNIC(0, vmm.NIC{Ports: []backends.Port{&seqPort{fd: fds[0]}}, PortsVnetHdr: true, MAC: guestMAC})
+	nd, err := vm.AddNIC(0, nic)
 	require.NoError(t, err)
 	defer func() { assert.NoError(t, nd.Close()) }()
+	if started != nil {
+		started(nd)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), bootTimeout)
 	defer cancel()
 	runErr := vm.Run(ctx)
 	pw.Close()
 	<-done
-	h.close()
 	fail := func() string { return failHint + "last console lines:\n" + c.tail(60) }
 	require.NoError(t, runErr, fail())
 	status, ok := watch.ExitStatus()
 	require.True(t, ok, "no exit status; %s", fail())
 	assert.Equal(t, 0, status, "guest helper failed; %s", fail())
-	assert.True(t, strings.Contains(c.text(), "nethelper: pinged host"), fail())
-	assert.GreaterOrEqual(t, h.echoReplies.Load(), int32(3), "guest answered too few of our pings")
-	assert.GreaterOrEqual(t, h.echoRequests.Load(), int32(3), "guest sent too few pings")
 	st := nd.Net.Stats()[0]
 	t.Logf("virtio-net counters: %+v", st)
+	return c, st
+}
+
+// TestVirtioNetTraffic boots a guest whose initramfs holds this test binary as a
+// helper (TestGuestNetHelper): it configures eth0 and pings the host; the host side
+// answers ARP and echo requests and pings the guest, whose kernel answers. Both
+// directions must work through the device's RX and TX paths.
+func TestVirtioNetTraffic(t *testing.T) {
+	dir := requireGuest(t)
+	img := helperInitramfs(t, dir, "sock")
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	require.NoError(t, err)
+	defer unix.Close(fds[1])
+	h := &hostSide{t: t, fd: fds[1], stop: make(chan struct{})}
+	h.wg.Add(1)
+	go h.run()
+	defer h.close()
+	c, st := runHelperGuest(t, dir, img, vmm.NIC{Ports: []backends.Port{&seqPort{fd: fds[0]}}, PortsVnetHdr: true, MAC: guestMAC}, nil)
+	h.close()
+	assert.True(t, strings.Contains(c.text(), "nethelper: pinged host"), c.tail(40))
+	assert.GreaterOrEqual(t, h.echoReplies.Load(), int32(3), "guest answered too few of our pings")
+	assert.GreaterOrEqual(t, h.echoRequests.Load(), int32(3), "guest sent too few pings")
 	assert.NotZero(t, st.TxPackets)
 	assert.NotZero(t, st.RxPackets)
+}
+
+// TestVirtioNetTAPTraffic runs real kernels on both ends of a TAP: the guest pings
+// the host, the host pings the guest, and a TCP transfer goes both ways with its
+// payload checked; with offloads on the guest sends TSO frames (TxGSO counter).
+func TestVirtioNetTAPTraffic(t *testing.T) {
+	dir := requireGuest(t)
+	if ok, why := tap.CanCreate(); !ok {
+		t.Skip("cannot create a TAP: " + why)
+	}
+	img := helperInitramfs(t, dir, "tap")
+	name := fmt.Sprintf("ptvt%d", os.Getpid()%10000)
+	var pings atomic.Int32
+	var bulk atomic.Int64
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	defer func() { close(stop); wg.Wait() }()
+	c, st := runHelperGuest(t, dir, img, vmm.NIC{Tap: name, MAC: guestMAC}, func(nd *vmm.NICDevice) {
+		require.NoError(t, setIPv4(name, tapHostIP))
+		ln, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		require.NoError(t, err)
+		require.NoError(t, unix.SetsockoptInt(ln, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1))
+		require.NoError(t, unix.Bind(ln, &unix.SockaddrInet4{Addr: tapHostIP, Port: bulkPort}))
+		require.NoError(t, unix.Listen(ln, 1))
+		// Bound every wait so a dead guest cannot hang the test (accept honours it too).
+		require.NoError(t, unix.SetsockoptTimeval(ln, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &unix.Timeval{Sec: 90}))
+		wg.Add(2)
+		go func() { defer wg.Done(); defer unix.Close(ln); bulk.Store(serveBulk(ln)) }()
+		go func() { defer wg.Done(); pingLoop(tapGuestIP, &pings, stop) }()
+	})
+	out := c.text()
+	assert.True(t, strings.Contains(out, "nethelper: pinged host"), c.tail(40))
+	assert.True(t, strings.Contains(out, "nethelper: bulk ok"), c.tail(40))
+	assert.Equal(t, int64(2*bulkSize), bulk.Load(), "bytes checked by the host side (negative: error)")
+	assert.GreaterOrEqual(t, pings.Load(), int32(3), "echo replies from the guest")
+	assert.NotZero(t, st.TxGSO, "the guest sent no TSO frames with HOST_TSO4 negotiated")
+	for _, l := range strings.Split(out, "\n") {
+		if strings.Contains(l, "nethelper:") {
+			t.Log(strings.TrimSpace(l))
+		}
+	}
+	assert.False(t, tap.Exists(name), "the TAP the VMM created is removed")
+}
+
+var (
+	tapHostIP  = [4]byte{10, 0, 3, 1}
+	tapGuestIP = [4]byte{10, 0, 3, 2}
+)
+
+const (
+	bulkPort = 7000
+	bulkSize = 8 << 20
+)
+
+func pattern(i int) byte { return byte(i * 7 % 251) }
+
+// serveBulk receives bulkSize checked bytes then sends bulkSize back; it returns
+// the bytes moved, or a negative count on a bad byte or error.
+func serveBulk(ln int) int64 {
+	fd, _, err := acceptRetry(ln)
+	if err != nil {
+		return -1
+	}
+	defer unix.Close(fd)
+	tv := &unix.Timeval{Sec: 60}
+	_ = unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, tv)
+	_ = unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_SNDTIMEO, tv)
+	buf := make([]byte, 256<<10)
+	got := 0
+	for got < bulkSize {
+		n, err := unix.Read(fd, buf)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil || n == 0 {
+			return -int64(got) - 2
+		}
+		for i := 0; i < n; i++ {
+			if buf[i] != pattern(got+i) {
+				return -int64(got+i) - 2
+			}
+		}
+		got += n
+	}
+	sent := 0
+	for sent < bulkSize {
+		n := min(len(buf), bulkSize-sent)
+		for i := 0; i < n; i++ {
+			buf[i] = pattern(sent + i)
+		}
+		w, err := unix.Write(fd, buf[:n])
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return -int64(got+sent) - 2
+		}
+		sent += w
+	}
+	return int64(got + sent)
+}
+
+func acceptRetry(ln int) (int, unix.Sockaddr, error) {
+	for {
+		fd, sa, err := unix.Accept(ln)
+		if err == unix.EINTR {
+			continue
+		}
+		return fd, sa, err
+	}
+}
+
+// pingLoop pings ip from the host every 200ms, counting replies, until stop.
+func pingLoop(ip [4]byte, replies *atomic.Int32, stop chan struct{}) {
+	ic, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_ICMP)
+	if err != nil {
+		return
+	}
+	defer unix.Close(ic)
+	_ = unix.SetsockoptTimeval(ic, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &unix.Timeval{Usec: 200000})
+	buf := make([]byte, 2048)
+	for seq := uint16(1); ; seq++ {
+		select {
+		case <-stop:
+			return
+		default:
+		}
+		m := make([]byte, 8+16)
+		m[0] = 8
+		binary.BigEndian.PutUint16(m[4:], 0x4343)
+		binary.BigEndian.PutUint16(m[6:], seq)
+		binary.BigEndian.PutUint16(m[2:], csum(m))
+		_ = unix.Sendto(ic, m, 0, &unix.SockaddrInet4{Addr: ip})
+		n, _, err := unix.Recvfrom(ic, buf, 0)
+		if err != nil || n < 28 {
+			continue
+		}
+		r := buf[int(buf[0]&0xf)*4 : n]
+		if r[0] == 0 && binary.BigEndian.Uint16(r[4:]) == 0x4343 && [4]byte(buf[12:16]) == ip {
+			replies.Add(1)
+		}
+	}
+}
+
+// setIPv4 gives interface name the address ip/24 and brings it up.
+func setIPv4(name string, ip [4]byte) error {
+	s, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(s)
+	for _, step := range []struct {
+		req  uint
+		addr []byte
+	}{{unix.SIOCSIFADDR, ip[:]}, {unix.SIOCSIFNETMASK, []byte{255, 255, 255, 0}}} {
+		r, err := unix.NewIfreq(name)
+		if err != nil {
+			return err
+		}
+		if err := r.SetInet4Addr(step.addr); err != nil {
+			return err
+		}
+		if err := unix.IoctlIfreq(s, step.req, r); err != nil {
+			return fmt.Errorf("%s: ioctl %#x: %w", name, step.req, err)
+		}
+	}
+	r, err := unix.NewIfreq(name)
+	if err != nil {
+		return err
+	}
+	if err := unix.IoctlIfreq(s, unix.SIOCGIFFLAGS, r); err != nil {
+		return err
+	}
+	r.SetUint16(r.Uint16() | unix.IFF_UP)
+	return unix.IoctlIfreq(s, unix.SIOCSIFFLAGS, r)
 }
 
 // hostSide answers ARP and ICMP echo for hostIP and pings guestIP.
@@ -374,30 +568,19 @@ func udpFrame(src, dst [6]byte, sip, dip [4]byte, port uint16, data []byte) []by
 	return ipFrame(src, dst, sip, dip, 17, u)
 }
 
-// TestGuestNetHelper runs inside the guest of TestVirtioNetTraffic (only there):
-// eth0 up at guestIP, five pings of hostIP, then wait for the host's "done".
+// TestGuestNetHelper runs inside the guests of the traffic tests (only there): eth0
+// up, five pings of the host, in "tap" mode a checked TCP transfer both ways, then
+// (socketpair mode) wait for the host's "done".
 func TestGuestNetHelper(t *testing.T) {
-	if os.Getenv(netHelperEnv) == "" {
-		t.Skip("runs only inside the TestVirtioNetTraffic guest")
+	mode := os.Getenv(netHelperEnv)
+	if mode == "" {
+		t.Skip("runs only inside the guests of the virtio-net traffic tests")
 	}
-	s, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM, 0)
-	require.NoError(t, err)
-	defer unix.Close(s)
-	ifreq := func() *unix.Ifreq {
-		r, err := unix.NewIfreq("eth0")
-		require.NoError(t, err)
-		return r
+	me, peer := guestIP, hostIP
+	if mode == "tap" {
+		me, peer = tapGuestIP, tapHostIP
 	}
-	r := ifreq()
-	require.NoError(t, r.SetInet4Addr(guestIP[:]))
-	require.NoError(t, unix.IoctlIfreq(s, unix.SIOCSIFADDR, r))
-	r = ifreq()
-	require.NoError(t, r.SetInet4Addr([]byte{255, 255, 255, 0}))
-	require.NoError(t, unix.IoctlIfreq(s, unix.SIOCSIFNETMASK, r))
-	r = ifreq()
-	require.NoError(t, unix.IoctlIfreq(s, unix.SIOCGIFFLAGS, r))
-	r.SetUint16(r.Uint16() | unix.IFF_UP)
-	require.NoError(t, unix.IoctlIfreq(s, unix.SIOCSIFFLAGS, r))
+	require.NoError(t, setIPv4("eth0", me))
 
 	ic, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW, unix.IPPROTO_ICMP)
 	require.NoError(t, err)
@@ -411,20 +594,26 @@ func TestGuestNetHelper(t *testing.T) {
 		binary.BigEndian.PutUint16(m[4:], 0x7777)
 		binary.BigEndian.PutUint16(m[6:], seq)
 		binary.BigEndian.PutUint16(m[2:], csum(m))
-		require.NoError(t, unix.Sendto(ic, m, 0, &unix.SockaddrInet4{Addr: hostIP}))
-		n, err := recvRetry(ic, buf)
-		if err != nil || n < 28 {
-			fmt.Printf("nethelper: seq %d: %v\n", seq, err)
-			continue
-		}
-		reply := buf[int(buf[0]&0xf)*4 : n]
-		if reply[0] == 0 && binary.BigEndian.Uint16(reply[4:]) == 0x7777 {
-			got++
+		require.NoError(t, unix.Sendto(ic, m, 0, &unix.SockaddrInet4{Addr: peer}))
+		for {
+			n, err := recvRetry(ic, buf)
+			if err != nil || n < 28 {
+				break // timeout: next sequence number
+			}
+			reply := buf[int(buf[0]&0xf)*4 : n]
+			if reply[0] == 0 && binary.BigEndian.Uint16(reply[4:]) == 0x7777 {
+				got++
+				break
+			}
 		}
 	}
 	require.Equal(t, 5, got, "echo replies from the host")
 	fmt.Println("nethelper: pinged host, 5 replies")
 
+	if mode == "tap" {
+		guestBulk(t, peer)
+		return
+	}
 	u, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM, 0)
 	require.NoError(t, err)
 	defer unix.Close(u)
@@ -433,6 +622,54 @@ func TestGuestNetHelper(t *testing.T) {
 	n, err := recvRetry(u, buf)
 	require.NoError(t, err, "no done message from the host")
 	fmt.Printf("nethelper: host says %s\n", buf[:n])
+}
+
+// guestBulk sends bulkSize pattern bytes to the host and checks bulkSize coming back.
+func guestBulk(t *testing.T, host [4]byte) {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM, 0)
+	require.NoError(t, err)
+	defer unix.Close(fd)
+	for {
+		err = unix.Connect(fd, &unix.SockaddrInet4{Addr: host, Port: bulkPort})
+		if err != unix.EINTR {
+			break
+		}
+	}
+	require.NoError(t, err)
+	buf := make([]byte, 256<<10)
+	start := time.Now()
+	for sent := 0; sent < bulkSize; {
+		n := min(len(buf), bulkSize-sent)
+		for i := 0; i < n; i++ {
+			buf[i] = pattern(sent + i)
+		}
+		w, err := unix.Write(fd, buf[:n])
+		if err == unix.EINTR {
+			continue
+		}
+		require.NoError(t, err)
+		sent += w
+	}
+	tx := time.Since(start)
+	start = time.Now()
+	for got := 0; got < bulkSize; {
+		n, err := unix.Read(fd, buf)
+		if err == unix.EINTR {
+			continue
+		}
+		require.NoError(t, err)
+		require.NotZero(t, n, "host closed early after %d bytes", got)
+		for i := 0; i < n; i++ {
+			if buf[i] != pattern(got+i) {
+				t.Fatalf("byte %d from the host is %#x, want %#x", got+i, buf[i], pattern(got+i))
+			}
+		}
+		got += n
+	}
+	rx := time.Since(start)
+	mbit := func(d time.Duration) float64 { return float64(bulkSize) * 8 / d.Seconds() / 1e6 }
+	fmt.Printf("nethelper: bulk ok: guest->host %d MiB in %.2fs (%.0f Mbit/s), host->guest %.2fs (%.0f Mbit/s)\n",
+		bulkSize>>20, tx.Seconds(), mbit(tx), rx.Seconds(), mbit(rx))
 }
 
 // recvRetry is recvfrom that retries EINTR: a socket with SO_RCVTIMEO returns it
