@@ -325,6 +325,7 @@ func (p *pair) receiveOne() (got, more bool) {
 	p.iovs = p.iovs[:0]
 	nch := 0
 	var room uint64
+	full := false
 	for {
 		if nch == len(p.chains) {
 			p.chains = append(p.chains, virtio.Chain{})
@@ -340,10 +341,18 @@ func (p *pair) receiveOne() (got, more bool) {
 		}
 		nch++
 		for _, b := range c.Writable() {
+			if len(p.iovs) == maxIOV {
+				full = true // readv takes no more: the rest of this chain stays empty
+				break
+			}
 			p.iovs = append(p.iovs, b.Data)
+			room += uint64(len(b.Data))
 		}
-		room += c.WriteLen
-		if !p.mrg || room >= uint64(p.maxFrame) || len(p.iovs) >= maxIOV {
+		if full || !p.mrg || room >= uint64(p.maxFrame) {
+			break
+		}
+		if len(p.iovs) >= maxIOV {
+			full = true // as many buffers as one readv takes: use what we have
 			break
 		}
 	}
@@ -363,13 +372,13 @@ func (p *pair) receiveOne() (got, more bool) {
 	switch {
 	case p.stashLen > 0:
 		// A frame read earlier waits for enough buffers.
-		if uint64(p.stashLen) > room && !p.ringFull(nch) {
+		if uint64(p.stashLen) > room && !full && !p.ringFull(nch) {
 			return wait()
 		}
 		n = min(p.stashLen, int(room))
 		poke(p.iovs, 0, p.stash[:n])
 		p.stashLen = 0
-	case !p.mrg || room >= uint64(p.maxFrame) || p.ringFull(nch):
+	case !p.mrg || room >= uint64(p.maxFrame) || full || p.ringFull(nch):
 		n, err = p.read(p.iovs, room) // straight into guest buffers
 	default:
 		// Too little room for the largest frame: read into the bounce buffer and copy
