@@ -99,24 +99,36 @@ type guest struct {
 	port     *sockPort
 	irq      *irqLine
 	features uint64
-	next     [3]uint16 // next free descriptor per queue
-	avail    [3]uint16
-	usedSeen [3]uint16
+	pairs    int
+	hosts    []int      // the test's ends of each pair's socketpair
+	next     [16]uint16 // next free descriptor per queue
+	avail    [16]uint16
+	usedSeen [16]uint16
 	bufNext  uint64
 	logs     []string
 	logMu    sync.Mutex
 }
 
-func newGuest(t *testing.T, mtu int) *guest {
-	g := &guest{t: t, ram: make([]byte, ramSize), irq: &irqLine{ch: make(chan struct{}, 1)}, bufNext: bufBase}
+func newGuest(t *testing.T, mtu int) *guest { return newGuestN(t, mtu, 1) }
+
+func newGuestN(t *testing.T, mtu, pairs int) *guest {
+	g := &guest{t: t, ram: make([]byte, ramSize), irq: &irqLine{ch: make(chan struct{}, 1)}, bufNext: bufBase, pairs: pairs}
 	mem, err := memory.FromBytes([]memory.Region{{Range: memory.Range{GPA: 0, Size: ramSize}, Host: g.ram, FD: -1}})
 	require.NoError(t, err)
-	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
-	require.NoError(t, err)
-	g.host = fds[1]
-	t.Cleanup(func() { unix.Close(fds[1]) })
-	g.port = &sockPort{fd: fds[0]}
-	g.dev, err = New(Config{MAC: [6]byte{0x52, 0x54, 0, 0x12, 0x34, 0x56}, Ports: []backends.Port{g.port}, VnetHdr: true, MTU: mtu, QueueSize: qsize, Logf: g.logf})
+	var ports []backends.Port
+	for i := 0; i < pairs; i++ {
+		fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+		require.NoError(t, err)
+		g.hosts = append(g.hosts, fds[1])
+		t.Cleanup(func() { unix.Close(fds[1]) })
+		p := &sockPort{fd: fds[0]}
+		if i == 0 {
+			g.port = p
+		}
+		ports = append(ports, p)
+	}
+	g.host = g.hosts[0]
+	g.dev, err = New(Config{MAC: [6]byte{0x52, 0x54, 0, 0x12, 0x34, 0x56}, Ports: ports, VnetHdr: true, MTU: mtu, QueueSize: qsize, Logf: g.logf})
 	require.NoError(t, err)
 	g.mmio = bus.New("mmio")
 	root, err := pci.NewRoot(pci.Config{PIO: bus.New("pio"), MMIO: g.mmio, Reserved: []memory.Range{{GPA: 0, Size: ramSize}}})
@@ -157,7 +169,7 @@ func (g *guest) r(off uint64, n int) uint64 {
 // bringUp negotiates want (masked by what the device offers) and enables 3 queues.
 func (g *guest) bringUp(want uint64) {
 	g.w(20, 1, 0)
-	g.next, g.avail, g.usedSeen = [3]uint16{}, [3]uint16{}, [3]uint16{}
+	g.next, g.avail, g.usedSeen = [16]uint16{}, [16]uint16{}, [16]uint16{}
 	for i := range g.ram[:bufBase] {
 		g.ram[i] = 0
 	}
@@ -173,7 +185,7 @@ func (g *guest) bringUp(want uint64) {
 	g.w(12, 4, g.features>>32)
 	g.w(20, 1, virtio.StatusAcknowledge|virtio.StatusDriver|virtio.StatusFeaturesOK)
 	require.NotZero(g.t, g.r(20, 1)&virtio.StatusFeaturesOK)
-	for q := 0; q < 3; q++ {
+	for q := 0; q < 2*g.pairs+1; q++ {
 		g.w(22, 2, uint64(q))
 		g.w(24, 2, qsize)
 		g.w(32, 8, ringBase(q))
@@ -261,13 +273,15 @@ func ethFrame(dst [6]byte, payload string) []byte {
 	return append(f, payload...)
 }
 
-func (g *guest) hostRecv() []byte {
-	pfd := []unix.PollFd{{Fd: int32(g.host), Events: unix.POLLIN}}
+func (g *guest) hostRecv() []byte { return g.hostRecvOn(g.host) }
+
+func (g *guest) hostRecvOn(fd int) []byte {
+	pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
 	n, err := unix.Poll(pfd, 5000)
 	require.NoError(g.t, err)
 	require.Equal(g.t, 1, n, "host got no frame")
 	b := make([]byte, 70000)
-	m, err := unix.Read(g.host, b)
+	m, err := unix.Read(fd, b)
 	require.NoError(g.t, err)
 	return b[:m]
 }
@@ -569,4 +583,39 @@ func TestReceiveManyTinyBuffers(t *testing.T) {
 	require.NoError(t, err)
 	u = g.waitUsed(0, 2)
 	assert.Equal(t, []usedElem{{1, 600}, {2, 1024 - 600}}, u)
+}
+
+// TestMultiqueue: each pair's worker serves its own queues and port; the counters
+// are per pair, and the control queue sets the number of pairs in use.
+func TestMultiqueue(t *testing.T) {
+	g := newGuestN(t, 0, 2)
+	g.bringUp(allFeatures)
+	require.NotZero(t, g.features&FMQ)
+	assert.Equal(t, uint64(2), g.r(0x2000+cfgMaxPairs, 2))
+	ctrl := 2 * g.pairs
+	cmd := g.alloc(4)
+	copy(g.ram[cmd:], []byte{ctrlMQ, ctrlMQPairsSet, 2, 0})
+	ack := g.alloc(1)
+	g.post(ctrl, [3]uint64{cmd, 4, 0}, [3]uint64{ack, 1, 1})
+	g.waitUsed(ctrl, 1)
+	assert.Equal(t, byte(ackOK), g.ram[ack])
+	assert.Equal(t, 2, g.dev.ActivePairs())
+
+	for pair := 0; pair < 2; pair++ {
+		f := ethFrame([6]byte{2, 0, 0, 0, 0, 9}, fmt.Sprintf("tx on pair %d", pair))
+		a := g.alloc(12 + len(f))
+		copy(g.ram[a+12:], f)
+		g.post(2*pair+1, [3]uint64{a, uint64(12 + len(f)), 0})
+		assert.Equal(t, f, g.hostRecvOn(g.hosts[pair])[12:], "pair %d", pair)
+		g.post(2*pair, [3]uint64{g.alloc(2048), 2048, 1})
+		in := ethFrame(g.dev.MAC(), fmt.Sprintf("rx on pair %d", pair))
+		_, err := unix.Write(g.hosts[pair], append(make([]byte, 12), in...))
+		require.NoError(t, err)
+		u := g.waitUsed(2*pair, 1)
+		assert.Equal(t, uint32(12+len(in)), u[0].len)
+	}
+	for pair, st := range g.dev.Stats() {
+		assert.Equal(t, uint64(1), st.TxPackets, "pair %d", pair)
+		assert.Equal(t, uint64(1), st.RxPackets, "pair %d", pair)
+	}
 }
