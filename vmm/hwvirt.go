@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 )
 
@@ -19,7 +20,10 @@ func HardwareVirt() (bool, error) {
 }
 
 // cpuinfoHasVirt looks for vmx or svm in the flags of the first CPU listed.
-func cpuinfoHasVirt(r io.Reader) (bool, error) {
+func cpuinfoHasVirt(r io.Reader) (bool, error) { return cpuinfoHasFlag(r, "vmx", "svm") }
+
+// cpuinfoHasFlag reports whether the first CPU listed has any of flags.
+func cpuinfoHasFlag(r io.Reader, flags ...string) (bool, error) {
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
@@ -28,7 +32,7 @@ func cpuinfoHasVirt(r io.Reader) (bool, error) {
 			continue
 		}
 		for _, f := range strings.Fields(val) {
-			if f == "vmx" || f == "svm" {
+			if slices.Contains(flags, f) {
 				return true, nil
 			}
 		}
