@@ -123,27 +123,12 @@ func (r *Registry) NewPort(name string, cfg netmap.PortConfig) (*Port, error) {
 	if n.Kind != netmap.KindVALE || n.Pipe {
 		return nil, fmt.Errorf("vale: %q is not a switch port name; use valeX:Y", name)
 	}
-	applyConf(&cfg, n.Conf)
+	n.Conf.Apply(&cfg)
 	s, err := r.Switch(n.Switch)
 	if err != nil {
 		return nil, err
 	}
 	return s.NewPort(n.Port, cfg)
-}
-
-func applyConf(cfg *netmap.PortConfig, c netmap.Conf) {
-	set := func(dst *int, v int) {
-		if v != 0 {
-			*dst = v
-		}
-	}
-	set(&cfg.TxRings, c.TxRings)
-	set(&cfg.RxRings, c.RxRings)
-	set(&cfg.TxSlots, c.TxSlots)
-	set(&cfg.RxSlots, c.RxSlots)
-	if c.HostRingsSet {
-		cfg.HostRings = c.HostRings
-	}
 }
 
 // Switch is a learning Ethernet switch between netmap ports, VALE style: frames a
