@@ -86,8 +86,8 @@ func Add(m Machine, slot int, cfg Config) (_ *Plugged, err error) {
 	return p, nil
 }
 
-// Close unplugs the device and releases its interrupts. Safe to call once; the
-// vCPUs must not run the device concurrently (call it after Run returned).
+// Close unplugs the device and releases its interrupts. Safe to call more than
+// once; call it after Run returned (no vCPU may be using the device).
 func (p *Plugged) Close() error {
 	var err error
 	if p.Function != nil {
