@@ -267,6 +267,7 @@ func TestVirtioNetTAPTraffic(t *testing.T) {
 	name := fmt.Sprintf("ptvt%d", os.Getpid()%10000)
 	var pings atomic.Int32
 	var bulk atomic.Int64
+	var linkToggled atomic.Bool
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	defer func() { close(stop); wg.Wait() }()
@@ -279,13 +280,35 @@ func TestVirtioNetTAPTraffic(t *testing.T) {
 		require.NoError(t, unix.Listen(ln, 1))
 		// Bound every wait so a dead guest cannot hang the test (accept honours it too).
 		require.NoError(t, unix.SetsockoptTimeval(ln, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &unix.Timeval{Sec: 90}))
-		wg.Add(2)
+		lu, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+		require.NoError(t, err)
+		require.NoError(t, unix.Bind(lu, &unix.SockaddrInet4{Addr: tapHostIP, Port: linkPort}))
+		require.NoError(t, unix.SetsockoptTimeval(lu, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &unix.Timeval{Sec: 120}))
+		wg.Add(3)
+		go func() {
+			// On the guest's request: link down, then up again once it could see it.
+			defer wg.Done()
+			defer unix.Close(lu)
+			if _, err := recvRetry(lu, make([]byte, 16)); err != nil {
+				return
+			}
+			nd.Net.SetLink(false)
+			select {
+			case <-time.After(2 * time.Second):
+			case <-stop:
+			}
+			nd.Net.SetLink(true)
+			linkToggled.Store(true)
+		}()
 		go func() { defer wg.Done(); defer unix.Close(ln); bulk.Store(serveBulk(ln)) }()
 		go func() { defer wg.Done(); pingLoop(tapGuestIP, &pings, stop) }()
 	})
 	out := c.text()
 	assert.True(t, strings.Contains(out, "nethelper: pinged host"), c.tail(40))
 	assert.True(t, strings.Contains(out, "nethelper: bulk ok"), c.tail(40))
+	assert.True(t, linkToggled.Load(), "the guest never asked for the link test")
+	assert.True(t, strings.Contains(out, "nethelper: link down seen"), c.tail(40))
+	assert.True(t, strings.Contains(out, "nethelper: traffic resumed after module reload"), c.tail(40))
 	assert.Equal(t, int64(2*bulkSize), bulk.Load(), "bytes checked by the host side (negative: error)")
 	assert.GreaterOrEqual(t, pings.Load(), int32(3), "echo replies from the guest")
 	assert.NotZero(t, st.TxGSO, "the guest sent no TSO frames with HOST_TSO4 negotiated")
@@ -303,6 +326,7 @@ var (
 )
 
 const (
+	linkPort = 7001
 	bulkPort = 7000
 	bulkSize = 8 << 20
 )
@@ -365,20 +389,34 @@ func acceptRetry(ln int) (int, unix.Sockaddr, error) {
 	}
 }
 
-// pingLoop pings ip from the host every 200ms, counting replies, until stop.
+// pingLoop pings ip from the host every 200ms, counting replies, until stop. The
+// pace is kept by the clock, not by receive timeouts: EINTR from the runtime's
+// signals must not turn it into a flood that a slow nested guest drowns in.
 func pingLoop(ip [4]byte, replies *atomic.Int32, stop chan struct{}) {
-	ic, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_ICMP)
+	ic, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, unix.IPPROTO_ICMP)
 	if err != nil {
 		return
 	}
 	defer unix.Close(ic)
-	_ = unix.SetsockoptTimeval(ic, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &unix.Timeval{Usec: 200000})
 	buf := make([]byte, 2048)
+	tick := time.NewTicker(200 * time.Millisecond)
+	defer tick.Stop()
 	for seq := uint16(1); ; seq++ {
 		select {
 		case <-stop:
 			return
-		default:
+		case <-tick.C:
+		}
+		// Count the replies that arrived since the last request.
+		for {
+			n, _, err := unix.Recvfrom(ic, buf, 0)
+			if err != nil || n < 28 {
+				break
+			}
+			r := buf[int(buf[0]&0xf)*4 : n]
+			if r[0] == 0 && binary.BigEndian.Uint16(r[4:]) == 0x4343 && [4]byte(buf[12:16]) == ip {
+				replies.Add(1)
+			}
 		}
 		m := make([]byte, 8+16)
 		m[0] = 8
@@ -386,14 +424,6 @@ func pingLoop(ip [4]byte, replies *atomic.Int32, stop chan struct{}) {
 		binary.BigEndian.PutUint16(m[6:], seq)
 		binary.BigEndian.PutUint16(m[2:], csum(m))
 		_ = unix.Sendto(ic, m, 0, &unix.SockaddrInet4{Addr: ip})
-		n, _, err := unix.Recvfrom(ic, buf, 0)
-		if err != nil || n < 28 {
-			continue
-		}
-		r := buf[int(buf[0]&0xf)*4 : n]
-		if r[0] == 0 && binary.BigEndian.Uint16(r[4:]) == 0x4343 && [4]byte(buf[12:16]) == ip {
-			replies.Add(1)
-		}
 	}
 }
 
@@ -582,6 +612,27 @@ func TestGuestNetHelper(t *testing.T) {
 	}
 	require.NoError(t, setIPv4("eth0", me))
 
+	guestPing(t, peer)
+	fmt.Println("nethelper: pinged host, 5 replies")
+
+	buf := make([]byte, 2048)
+	if mode == "tap" {
+		guestBulk(t, peer)
+		guestLinkAndReload(t, me, peer)
+		return
+	}
+	u, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM, 0)
+	require.NoError(t, err)
+	defer unix.Close(u)
+	require.NoError(t, unix.Bind(u, &unix.SockaddrInet4{Port: doneUDPPort}))
+	require.NoError(t, unix.SetsockoptTimeval(u, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &unix.Timeval{Sec: 60}))
+	n, err := recvRetry(u, buf)
+	require.NoError(t, err, "no done message from the host")
+	fmt.Printf("nethelper: host says %s\n", buf[:n])
+}
+
+// guestPing pings peer until five replies came back (at most 20 tries).
+func guestPing(t *testing.T, peer [4]byte) {
 	ic, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW, unix.IPPROTO_ICMP)
 	require.NoError(t, err)
 	defer unix.Close(ic)
@@ -609,21 +660,51 @@ func TestGuestNetHelper(t *testing.T) {
 			}
 		}
 	}
-	require.Equal(t, 5, got, "echo replies from the host")
-	fmt.Println("nethelper: pinged host, 5 replies")
+	require.Equal(t, 5, got, "echo replies from %v", peer)
+}
 
-	if mode == "tap" {
-		guestBulk(t, peer)
-		return
-	}
+// guestLinkAndReload asks the host to take the link down and up again and watches
+// eth0's carrier follow, then unloads and reloads virtio_net (device reset and
+// re-initialisation) and pings again.
+func guestLinkAndReload(t *testing.T, me, peer [4]byte) {
 	u, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM, 0)
 	require.NoError(t, err)
-	defer unix.Close(u)
-	require.NoError(t, unix.Bind(u, &unix.SockaddrInet4{Port: doneUDPPort}))
-	require.NoError(t, unix.SetsockoptTimeval(u, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &unix.Timeval{Sec: 60}))
-	n, err := recvRetry(u, buf)
-	require.NoError(t, err, "no done message from the host")
-	fmt.Printf("nethelper: host says %s\n", buf[:n])
+	require.NoError(t, unix.Sendto(u, []byte("link"), 0, &unix.SockaddrInet4{Addr: peer, Port: linkPort}))
+	unix.Close(u)
+	carrier := func() string {
+		b, _ := os.ReadFile("/sys/class/net/eth0/carrier")
+		return strings.TrimSpace(string(b))
+	}
+	waitFor := func(want string) {
+		deadline := time.Now().Add(30 * time.Second)
+		for carrier() != want {
+			require.True(t, time.Now().Before(deadline), "carrier stayed %q, want %q", carrier(), want)
+			time.Sleep(20 * time.Millisecond) // polling sysfs: there is nothing to wait on
+		}
+	}
+	waitFor("0")
+	fmt.Println("nethelper: link down seen")
+	waitFor("1")
+	fmt.Println("nethelper: link up seen")
+
+	require.NoError(t, unix.DeleteModule("virtio_net", unix.O_NONBLOCK))
+	_, err = os.Stat("/sys/class/net/eth0")
+	require.True(t, os.IsNotExist(err), "eth0 still there after rmmod")
+	f, err := os.Open("/lib/modules/ptvmm/virtio_net.ko")
+	require.NoError(t, err)
+	require.NoError(t, unix.FinitModule(int(f.Fd()), "", 0))
+	f.Close()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if _, err := os.Stat("/sys/class/net/eth0"); err == nil {
+			break
+		}
+		require.True(t, time.Now().Before(deadline), "no eth0 after modprobe")
+		time.Sleep(20 * time.Millisecond)
+	}
+	require.NoError(t, setIPv4("eth0", me))
+	guestPing(t, peer)
+	fmt.Println("nethelper: traffic resumed after module reload")
 }
 
 // guestBulk sends bulkSize pattern bytes to the host and checks bulkSize coming back.
