@@ -4,6 +4,9 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"io"
+	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -188,7 +191,7 @@ const helperCmd = "/bin/nethelper -test.run=^TestGuestNetHelper$ -test.v"
 
 // runHelperGuest boots the helper guest with nic; started runs once the NIC exists
 // (before the guest starts). It returns the console and the NIC's counters.
-func runHelperGuest(t *testing.T, dir, img string, nic vmm.NIC, started func(*vmm.NICDevice)) (*console, virtionet.PairStats) {
+func runHelperGuest(t *testing.T, dir, img string, nic vmm.NIC, started func(*vmm.NICDevice), log io.Writer) (*console, virtionet.PairStats) {
 	t.Helper()
 	c := &console{start: time.Now()}
 	pr, pw, err := os.Pipe()
@@ -204,6 +207,7 @@ func runHelperGuest(t *testing.T, dir, img string, nic vmm.NIC, started func(*vm
 		CPUs:    2,
 		Console: watch,
 		Start:   c.start,
+		Log:     logger(log),
 	})
 	if err != nil {
 		pw.Close()
@@ -246,7 +250,7 @@ func TestVirtioNetTraffic(t *testing.T) {
 	h.wg.Add(1)
 	go h.run()
 	defer h.close()
-	c, st := runHelperGuest(t, dir, img, vmm.NIC{Ports: []backends.Port{&seqPort{fd: fds[0]}}, PortsVnetHdr: true, MAC: guestMAC}, nil)
+	c, st := runHelperGuest(t, dir, img, vmm.NIC{Ports: []backends.Port{&seqPort{fd: fds[0]}}, PortsVnetHdr: true, MAC: guestMAC}, nil, nil)
 	h.close()
 	assert.True(t, strings.Contains(c.text(), "nethelper: pinged host"), c.tail(40))
 	assert.GreaterOrEqual(t, h.echoReplies.Load(), int32(3), "guest answered too few of our pings")
@@ -267,7 +271,8 @@ func TestVirtioNetTAPTraffic(t *testing.T) {
 	name := fmt.Sprintf("ptvt%d", os.Getpid()%10000)
 	var pings atomic.Int32
 	var bulk atomic.Int64
-	var linkToggled atomic.Bool
+	var linkToggled, tapDeleted atomic.Bool
+	vmmLog := &syncBuffer{}
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	defer func() { close(stop); wg.Wait() }()
@@ -299,16 +304,28 @@ func TestVirtioNetTAPTraffic(t *testing.T) {
 			}
 			nd.Net.SetLink(true)
 			linkToggled.Store(true)
+			// Second request: delete the TAP under the running guest.
+			if _, err := recvRetry(lu, make([]byte, 16)); err != nil {
+				return
+			}
+			if err := deleteLink(name); err != nil {
+				t.Errorf("delete %s: %v", name, err)
+				return
+			}
+			tapDeleted.Store(true)
 		}()
 		go func() { defer wg.Done(); defer unix.Close(ln); bulk.Store(serveBulk(ln)) }()
 		go func() { defer wg.Done(); pingLoop(tapGuestIP, &pings, stop) }()
-	})
+	}, vmmLog)
 	out := c.text()
 	assert.True(t, strings.Contains(out, "nethelper: pinged host"), c.tail(40))
 	assert.True(t, strings.Contains(out, "nethelper: bulk ok"), c.tail(40))
 	assert.True(t, linkToggled.Load(), "the guest never asked for the link test")
 	assert.True(t, strings.Contains(out, "nethelper: link down seen"), c.tail(40))
 	assert.True(t, strings.Contains(out, "nethelper: traffic resumed after module reload"), c.tail(40))
+	assert.True(t, tapDeleted.Load(), "the guest never asked for the TAP to be removed")
+	assert.True(t, strings.Contains(out, "nethelper: backend removed, link down"), c.tail(40))
+	assert.Equal(t, 1, strings.Count(vmmLog.String(), "gone"), "one log line for the vanished TAP:\n%s", vmmLog.String())
 	assert.Equal(t, int64(2*bulkSize), bulk.Load(), "bytes checked by the host side (negative: error)")
 	assert.GreaterOrEqual(t, pings.Load(), int32(3), "echo replies from the guest")
 	assert.NotZero(t, st.TxGSO, "the guest sent no TSO frames with HOST_TSO4 negotiated")
@@ -705,6 +722,14 @@ func guestLinkAndReload(t *testing.T, me, peer [4]byte) {
 	require.NoError(t, setIPv4("eth0", me))
 	guestPing(t, peer)
 	fmt.Println("nethelper: traffic resumed after module reload")
+
+	// Now the host deletes the TAP under us: the link must go down, nothing else.
+	u, err = unix.Socket(unix.AF_INET, unix.SOCK_DGRAM, 0)
+	require.NoError(t, err)
+	require.NoError(t, unix.Sendto(u, []byte("del"), 0, &unix.SockaddrInet4{Addr: peer, Port: linkPort}))
+	unix.Close(u)
+	waitFor("0")
+	fmt.Println("nethelper: backend removed, link down")
 }
 
 // guestBulk sends bulkSize pattern bytes to the host and checks bulkSize coming back.
@@ -768,4 +793,63 @@ func recvRetry(fd int, buf []byte) (int, error) {
 		}
 		return n, err
 	}
+}
+
+// syncBuffer is a goroutine-safe log sink.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func logger(w io.Writer) *slog.Logger {
+	if w == nil {
+		return nil
+	}
+	return slog.New(slog.NewTextHandler(w, nil))
+}
+
+// deleteLink removes a network interface with an RTM_DELLINK netlink request
+// (what `ip link del` does; the test host has no ip command).
+func deleteLink(name string) error {
+	ifi, err := net.InterfaceByName(name)
+	if err != nil {
+		return err
+	}
+	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_ROUTE)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	msg := make([]byte, unix.NLMSG_HDRLEN+unix.SizeofIfInfomsg)
+	binary.NativeEndian.PutUint32(msg[0:], uint32(len(msg)))
+	binary.NativeEndian.PutUint16(msg[4:], unix.RTM_DELLINK)
+	binary.NativeEndian.PutUint16(msg[6:], unix.NLM_F_REQUEST|unix.NLM_F_ACK)
+	binary.NativeEndian.PutUint32(msg[8:], 1)
+	binary.NativeEndian.PutUint32(msg[unix.NLMSG_HDRLEN+4:], uint32(ifi.Index)) // ifi_index
+	if err := unix.Sendto(fd, msg, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+		return err
+	}
+	buf := make([]byte, 4096)
+	n, _, err := unix.Recvfrom(fd, buf, 0)
+	if err != nil {
+		return err
+	}
+	if n >= unix.NLMSG_HDRLEN+4 && binary.NativeEndian.Uint16(buf[4:]) == unix.NLMSG_ERROR {
+		if e := int32(binary.NativeEndian.Uint32(buf[unix.NLMSG_HDRLEN:])); e != 0 {
+			return unix.Errno(-e)
+		}
+	}
+	return nil
 }

@@ -224,7 +224,7 @@ func (q *Queue) ReadyFD() int { return q.fd }
 
 func wrap(op string, q *Queue, err error) error {
 	if errors.Is(err, unix.EBADFD) || errors.Is(err, unix.EIO) {
-		return fmt.Errorf("tap %s: %s: %w", q.Name(), op, errors.Join(ErrGone, err))
+		return fmt.Errorf("tap %s: %s: %w (%w)", q.Name(), op, ErrGone, err)
 	}
 	return fmt.Errorf("tap %s: %s: %w", q.Name(), op, err)
 }
