@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -337,6 +338,48 @@ func TestVirtioNetTAPTraffic(t *testing.T) {
 	assert.False(t, tap.Exists(name), "the TAP the VMM created is removed")
 }
 
+// TestVirtioNetTAPMultiqueue: two queue pairs on a multi-queue TAP, two vCPUs,
+// one checked TCP transfer pinned to each guest CPU: both pairs carry traffic.
+func TestVirtioNetTAPMultiqueue(t *testing.T) {
+	dir := requireGuest(t)
+	if ok, why := tap.CanCreate(); !ok {
+		t.Skip("cannot create a TAP: " + why)
+	}
+	img := helperInitramfs(t, dir, "tapmq")
+	name := fmt.Sprintf("ptvq%d", os.Getpid()%10000)
+	var bulk [2]atomic.Int64
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	var nd *vmm.NICDevice
+	c, _ := runHelperGuest(t, dir, img, vmm.NIC{Tap: name, MAC: guestMAC, Queues: 2}, func(d *vmm.NICDevice) {
+		nd = d
+		require.NoError(t, setIPv4(name, tapHostIP))
+		ln, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		require.NoError(t, err)
+		require.NoError(t, unix.SetsockoptInt(ln, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1))
+		require.NoError(t, unix.Bind(ln, &unix.SockaddrInet4{Addr: tapHostIP, Port: bulkPort}))
+		require.NoError(t, unix.Listen(ln, 2))
+		require.NoError(t, unix.SetsockoptTimeval(ln, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &unix.Timeval{Sec: 90}))
+		var both sync.WaitGroup
+		both.Add(2)
+		wg.Add(3)
+		for i := range bulk {
+			go func() { defer wg.Done(); defer both.Done(); bulk[i].Store(serveBulk(ln)) }()
+		}
+		go func() { defer wg.Done(); both.Wait(); unix.Close(ln) }()
+	}, nil)
+	assert.True(t, strings.Contains(c.text(), "nethelper: two pinned transfers ok"), c.tail(40))
+	for i := range bulk {
+		assert.Equal(t, int64(2*bulkSize), bulk[i].Load(), "transfer %d", i)
+	}
+	st := nd.Net.Stats()
+	t.Logf("per-pair counters: %+v", st)
+	require.Len(t, st, 2)
+	for i := range st {
+		assert.NotZero(t, st[i].TxPackets, "pair %d carried no guest TX", i)
+	}
+}
+
 var (
 	tapHostIP  = [4]byte{10, 0, 3, 1}
 	tapGuestIP = [4]byte{10, 0, 3, 2}
@@ -624,7 +667,7 @@ func TestGuestNetHelper(t *testing.T) {
 		t.Skip("runs only inside the guests of the virtio-net traffic tests")
 	}
 	me, peer := guestIP, hostIP
-	if mode == "tap" {
+	if mode == "tap" || mode == "tapmq" {
 		me, peer = tapGuestIP, tapHostIP
 	}
 	require.NoError(t, setIPv4("eth0", me))
@@ -636,6 +679,26 @@ func TestGuestNetHelper(t *testing.T) {
 	if mode == "tap" {
 		guestBulk(t, peer)
 		guestLinkAndReload(t, me, peer)
+		return
+	}
+	if mode == "tapmq" {
+		// One transfer pinned to each CPU: XPS maps CPU i to TX queue i.
+		errs := make(chan error, 2)
+		for cpu := 0; cpu < 2; cpu++ {
+			go func() {
+				runtime.LockOSThread()
+				var set unix.CPUSet
+				set.Set(cpu)
+				if err := unix.SchedSetaffinity(0, &set); err != nil {
+					errs <- err
+					return
+				}
+				errs <- bulkConn(peer)
+			}()
+		}
+		require.NoError(t, <-errs)
+		require.NoError(t, <-errs)
+		fmt.Println("nethelper: two pinned transfers ok")
 		return
 	}
 	u, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM, 0)
@@ -730,6 +793,59 @@ func guestLinkAndReload(t *testing.T, me, peer [4]byte) {
 	unix.Close(u)
 	waitFor("0")
 	fmt.Println("nethelper: backend removed, link down")
+}
+
+// bulkConn is one checked transfer each way, reporting instead of failing (it runs
+// on its own goroutine).
+func bulkConn(host [4]byte) error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	tv := &unix.Timeval{Sec: 60}
+	_ = unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, tv)
+	_ = unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_SNDTIMEO, tv)
+	for {
+		err = unix.Connect(fd, &unix.SockaddrInet4{Addr: host, Port: bulkPort})
+		if err != unix.EINTR {
+			break
+		}
+	}
+	if err != nil {
+		return err
+	}
+	buf := make([]byte, 256<<10)
+	for sent := 0; sent < bulkSize; {
+		n := min(len(buf), bulkSize-sent)
+		for i := 0; i < n; i++ {
+			buf[i] = pattern(sent + i)
+		}
+		w, err := unix.Write(fd, buf[:n])
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		sent += w
+	}
+	for got := 0; got < bulkSize; {
+		n, err := unix.Read(fd, buf)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil || n == 0 {
+			return fmt.Errorf("read after %d bytes: %v", got, err)
+		}
+		for i := 0; i < n; i++ {
+			if buf[i] != pattern(got+i) {
+				return fmt.Errorf("byte %d is %#x, want %#x", got+i, buf[i], pattern(got+i))
+			}
+		}
+		got += n
+	}
+	return nil
 }
 
 // guestBulk sends bulkSize pattern bytes to the host and checks bulkSize coming back.
