@@ -380,6 +380,79 @@ func TestVirtioNetTAPMultiqueue(t *testing.T) {
 	}
 }
 
+const udpPerfPort = 7002
+
+// TestVirtioNetPerf measures guest-to-host TCP (8 MiB each way, checked) and 64-byte
+// UDP over the TAP with offloads on and off. Absolute figures mean little inside the
+// nested TCG test host; the ratio between the runs is the result.
+func TestVirtioNetPerf(t *testing.T) {
+	dir := requireGuest(t)
+	if ok, why := tap.CanCreate(); !ok {
+		t.Skip("cannot create a TAP: " + why)
+	}
+	img := helperInitramfs(t, dir, "perf")
+	for _, off := range []bool{false, true} {
+		t.Run(fmt.Sprintf("offloads_%v", !off), func(t *testing.T) {
+			name := fmt.Sprintf("ptvp%d", os.Getpid()%10000)
+			var bulk atomic.Int64
+			var udp atomic.Int64
+			var wg sync.WaitGroup
+			defer wg.Wait()
+			var udpDur time.Duration
+			c, st := runHelperGuest(t, dir, img, vmm.NIC{Tap: name, MAC: guestMAC, NoOffloads: off}, func(d *vmm.NICDevice) {
+				require.NoError(t, setIPv4(name, tapHostIP))
+				ln, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+				require.NoError(t, err)
+				require.NoError(t, unix.SetsockoptInt(ln, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1))
+				require.NoError(t, unix.Bind(ln, &unix.SockaddrInet4{Addr: tapHostIP, Port: bulkPort}))
+				require.NoError(t, unix.Listen(ln, 1))
+				require.NoError(t, unix.SetsockoptTimeval(ln, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &unix.Timeval{Sec: 90}))
+				us, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+				require.NoError(t, err)
+				require.NoError(t, unix.SetsockoptInt(us, unix.SOL_SOCKET, unix.SO_RCVBUF, 8<<20))
+				require.NoError(t, unix.Bind(us, &unix.SockaddrInet4{Addr: tapHostIP, Port: udpPerfPort}))
+				require.NoError(t, unix.SetsockoptTimeval(us, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &unix.Timeval{Sec: 90}))
+				wg.Add(2)
+				go func() { defer wg.Done(); defer unix.Close(ln); bulk.Store(serveBulk(ln)) }()
+				go func() {
+					defer wg.Done()
+					defer unix.Close(us)
+					buf := make([]byte, 2048)
+					var first time.Time
+					for {
+						n, err := recvRetry(us, buf)
+						if err != nil || n > 18 {
+							udpDur = time.Since(first)
+							return
+						}
+						if first.IsZero() {
+							first = time.Now()
+						}
+						udp.Add(1)
+					}
+				}()
+			}, nil)
+			wg.Wait()
+			out := c.text()
+			assert.Equal(t, int64(2*bulkSize), bulk.Load())
+			var tcpSec float64
+			var sent int64
+			for _, l := range strings.Split(out, "\n") {
+				fmt.Sscanf(strings.TrimSpace(l), "nethelper: perf tcp %f s", &tcpSec)
+				fmt.Sscanf(strings.TrimSpace(l), "nethelper: perf udp sent %d", &sent)
+			}
+			require.NotZero(t, tcpSec, c.tail(30))
+			t.Logf("offloads %v: TCP %.1f Mbit/s (8 MiB each way, %.1fs); UDP 64-byte frames: guest sent %d, host received %d in %.1fs (%.0f pps); TSO frames %d",
+				!off, float64(2*bulkSize*8)/tcpSec/1e6, tcpSec, sent, udp.Load(), udpDur.Seconds(), float64(udp.Load())/udpDur.Seconds(), st.TxGSO)
+			if off {
+				assert.Zero(t, st.TxGSO)
+			} else {
+				assert.NotZero(t, st.TxGSO)
+			}
+		})
+	}
+}
+
 var (
 	tapHostIP  = [4]byte{10, 0, 3, 1}
 	tapGuestIP = [4]byte{10, 0, 3, 2}
@@ -667,7 +740,7 @@ func TestGuestNetHelper(t *testing.T) {
 		t.Skip("runs only inside the guests of the virtio-net traffic tests")
 	}
 	me, peer := guestIP, hostIP
-	if mode == "tap" || mode == "tapmq" {
+	if mode == "tap" || mode == "tapmq" || mode == "perf" {
 		me, peer = tapGuestIP, tapHostIP
 	}
 	require.NoError(t, setIPv4("eth0", me))
@@ -679,6 +752,13 @@ func TestGuestNetHelper(t *testing.T) {
 	if mode == "tap" {
 		guestBulk(t, peer)
 		guestLinkAndReload(t, me, peer)
+		return
+	}
+	if mode == "perf" {
+		start := time.Now()
+		require.NoError(t, bulkConn(peer))
+		fmt.Printf("nethelper: perf tcp %.1f s\n", time.Since(start).Seconds())
+		guestUDPFlood(t, peer)
 		return
 	}
 	if mode == "tapmq" {
@@ -793,6 +873,24 @@ func guestLinkAndReload(t *testing.T, me, peer [4]byte) {
 	unix.Close(u)
 	waitFor("0")
 	fmt.Println("nethelper: backend removed, link down")
+}
+
+// guestUDPFlood sends 64-byte UDP frames (18-byte payload) to the host for two
+// seconds and prints how many it sent.
+func guestUDPFlood(t *testing.T, host [4]byte) {
+	u, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM, 0)
+	require.NoError(t, err)
+	defer unix.Close(u)
+	require.NoError(t, unix.Connect(u, &unix.SockaddrInet4{Addr: host, Port: udpPerfPort}))
+	payload := make([]byte, 64-14-20-8-4) // 64-byte frame on the wire, without FCS
+	sent := 0
+	for end := time.Now().Add(2 * time.Second); time.Now().Before(end); {
+		if _, err := unix.Write(u, payload); err == nil {
+			sent++
+		}
+	}
+	_, _ = unix.Write(u, []byte("end of the udp flood")) // marker: the host stops counting
+	fmt.Printf("nethelper: perf udp sent %d\n", sent)
 }
 
 // bulkConn is one checked transfer each way, reporting instead of failing (it runs

@@ -27,6 +27,8 @@ type NIC struct {
 	MTU int
 	// Slot is the PCI slot (1..31), or 0 for the first free one.
 	Slot int
+	// NoOffloads withholds checksum and TSO offloads from the guest.
+	NoOffloads bool
 	// Ports, if set, are the backend (one port per queue pair) instead of a TAP;
 	// PortsVnetHdr says they carry virtio-net headers (offloads are then offered).
 	// The NIC closes them.
@@ -91,7 +93,7 @@ func (v *VM) AddNIC(index int, n NIC) (_ *NICDevice, err error) {
 		}
 	}()
 	logf := func(format string, args ...any) { v.log.Warn(fmt.Sprintf(format, args...)) }
-	ncfg := virtionet.Config{MAC: n.MAC, Ports: n.Ports, VnetHdr: n.PortsVnetHdr, MTU: n.MTU, Logf: logf}
+	ncfg := virtionet.Config{MAC: n.MAC, Ports: n.Ports, VnetHdr: n.PortsVnetHdr, MTU: n.MTU, NoOffloads: n.NoOffloads, Logf: logf}
 	if len(n.Ports) == 0 {
 		if !tap.Exists(n.Tap) {
 			if ok, why := tap.CanCreate(); !ok {

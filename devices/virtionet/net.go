@@ -81,6 +81,9 @@ type Config struct {
 	VnetHdr bool
 	// Offloads, if set, is told the header size and guest offloads at activation.
 	Offloads Offloader
+	// NoOffloads withholds the checksum and TSO features even with VnetHdr (for
+	// measuring what they are worth).
+	NoOffloads bool
 	// MTU, if non-zero, is offered to the guest (VIRTIO_NET_F_MTU), up to 65535.
 	MTU int
 	// QueueSize is the maximum size of every queue (default 256).
@@ -184,7 +187,7 @@ func (d *Device) Features() uint64 {
 	if d.cfg.MTU != 0 {
 		f |= FMTU
 	}
-	if d.cfg.VnetHdr {
+	if d.cfg.VnetHdr && !d.cfg.NoOffloads {
 		f |= FCsum | FGuestCsum | FHostTSO4 | FHostTSO6 | FGuestTSO4 | FGuestTSO6
 	}
 	return f

@@ -638,3 +638,19 @@ func BenchmarkSendChain(b *testing.B) {
 	}
 	require.Equal(b, uint64(0), d.Stats()[0].TxDropped)
 }
+
+func TestOffloadFeatures(t *testing.T) {
+	p := []backends.Port{&sockPort{}}
+	on, err := New(Config{Ports: p, VnetHdr: true})
+	require.NoError(t, err)
+	off, err := New(Config{Ports: p, VnetHdr: true, NoOffloads: true})
+	require.NoError(t, err)
+	plain, err := New(Config{Ports: p})
+	require.NoError(t, err)
+	tso := uint64(FCsum | FGuestCsum | FHostTSO4 | FHostTSO6 | FGuestTSO4 | FGuestTSO6)
+	assert.Equal(t, tso, on.Features()&tso)
+	assert.Zero(t, off.Features()&tso)
+	assert.Zero(t, plain.Features()&tso, "no header on the port: nothing to pass offloads in")
+	assert.Equal(t, 0x7, tunOffloads(FGuestCsum|FGuestTSO4|FGuestTSO6))
+	assert.Zero(t, tunOffloads(FGuestTSO4), "TSO without checksum offload is meaningless")
+}
