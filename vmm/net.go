@@ -64,7 +64,10 @@ func (v *VM) GSIRouting() *kvm.GSIRouting {
 	if r, ok := routingTables.Load(v); ok {
 		return r.(*kvm.GSIRouting)
 	}
-	r, _ := routingTables.LoadOrStore(v, kvm.NewGSIRouting(v.kvm, true))
+	r, loaded := routingTables.LoadOrStore(v, kvm.NewGSIRouting(v.kvm, true))
+	if !loaded {
+		v.OnClose(func() error { routingTables.Delete(v); return nil })
+	}
 	return r.(*kvm.GSIRouting)
 }
 
@@ -78,7 +81,8 @@ func freeSlot(root *pci.Root) int {
 }
 
 // AddNIC opens the TAP and adds a virtio-net PCI function for it. index numbers the
-// VM's NICs (for the default MAC). Call it after New, before Run.
+// VM's NICs (for the default MAC). Call it after New, before Run, from the goroutine
+// that calls New and Close; VM.Close closes the NIC if the caller has not.
 func (v *VM) AddNIC(index int, n NIC) (_ *NICDevice, err error) {
 	if n.Queues == 0 {
 		n.Queues = 1
@@ -157,6 +161,9 @@ func (v *VM) AddNIC(index int, n NIC) (_ *NICDevice, err error) {
 		return nil, fmt.Errorf("vmm: NIC %d: %w", index, err)
 	}
 	nd.resample.Start()
+	// Closed with the VM at the latest, while its fd can still deassign our
+	// doorbells and interrupts (Close is idempotent, so an earlier Close is fine).
+	v.OnClose(nd.Close)
 	v.log.Debug("nic added", "index", index, "tap", n.Tap, "slot", slot, "queues", n.Queues, "mac", fmt.Sprintf("%x", n.MAC))
 	return nd, nil
 }

@@ -43,3 +43,22 @@ func TestAddNIC(t *testing.T) {
 	assert.False(t, tap.Exists(name), "a TAP AddNIC created is removed on Close")
 	assert.Nil(t, v.PCI().Function(f.Slot()))
 }
+
+// TestNICClosedWithVM: a NIC the caller never closes goes away with the VM, its TAP
+// included, without errors from deassigning on a closed VM fd.
+func TestNICClosedWithVM(t *testing.T) {
+	if ok, why := tap.CanCreate(); !ok {
+		t.Skip("cannot create TAP interfaces: " + why)
+	}
+	kvmOrSkip(t)
+	v, err := New(Config{Micro: &Micro{Code: spin, Options: pioOpts}})
+	require.NoError(t, err)
+	name := fmt.Sprintf("ptvc%d", os.Getpid()%100000)
+	_, err = v.AddNIC(0, NIC{Tap: name})
+	require.NoError(t, err)
+	require.True(t, tap.Exists(name))
+	require.NoError(t, v.Close())
+	assert.False(t, tap.Exists(name))
+	_, ok := routingTables.Load(v)
+	assert.False(t, ok, "routing table entry dropped")
+}
