@@ -42,7 +42,7 @@ func TestGuestPCIHelper(t *testing.T) {
 		require.GreaterOrEqual(t, len(cfg), 256, "root reads the whole config space")
 		res := resources(t, bdf)
 		pin := int(cfg[0x3d])
-		fmt.Printf("pcihelper: dev %s pin %d msix %d bar0 %x %d bar2 %x %d\n",
+		say("pcihelper: dev %s pin %d msix %d bar0 %x %d bar2 %x %d\n",
 			bdf, pin, msixTableSize(cfg), res[0][0], res[0][1], res[2][0], res[2][1])
 		if pin == 1 {
 			intxBDF = bdf
@@ -51,6 +51,13 @@ func TestGuestPCIHelper(t *testing.T) {
 	require.NotEmpty(t, intxBDF, "no INTx test device found")
 	uioTest(t, intxBDF)
 	msixTraffic(t)
+}
+
+// say prints a console line for the host side and waits until the tty sent it
+// (tcdrain), so a kernel message our next step causes cannot land inside it.
+func say(format string, args ...any) {
+	fmt.Printf(format, args...)
+	_ = unix.IoctlSetInt(1, unix.TCSBRK, 1) // arg 1: drain, not a break; fails harmlessly on a non-tty
 }
 
 // sysHex reads a sysfs file holding one hex number.
@@ -181,7 +188,7 @@ func uioTest(t *testing.T, bdf string) {
 		}
 		return "/dev/" + name
 	}, "/dev/"+name)
-	fmt.Printf("pcihelper: %s bound to uio_pci_generic as %s\n", bdf, dev)
+	say("pcihelper: %s bound to uio_pci_generic as %s\n", bdf, dev)
 
 	u := &uioDev{t: t}
 	var err error
@@ -230,7 +237,7 @@ func uioTest(t *testing.T, bdf string) {
 	// Acknowledged and unmasked: nothing more may arrive.
 	u.unmask()
 	require.Equal(t, -1, u.wait(300*time.Millisecond), "no interrupt after the last ACK")
-	fmt.Printf("pcihelper: uio interrupts %d\n", want)
+	say("pcihelper: uio interrupts %d\n", want)
 }
 
 // irqCount sums the per-CPU counts of the /proc/interrupts line naming irq (-1 if
@@ -265,7 +272,7 @@ func msixTraffic(t *testing.T) {
 	for _, q := range []string{"virtio0-config", "virtio0-output.0"} {
 		n, l := irqCount(t, q)
 		require.GreaterOrEqual(t, n, 0, "no %s vector in /proc/interrupts", q)
-		fmt.Printf("pcihelper: %s\n", l)
+		say("pcihelper: %s\n", l)
 	}
 	require.NoError(t, setIPv4("eth0", guestIP))
 	ic, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW, unix.IPPROTO_ICMP)
@@ -295,7 +302,7 @@ func msixTraffic(t *testing.T) {
 	}
 	require.Equal(t, 5, got, "echo replies from the host side")
 	after, line := irqCount(t, "virtio0-input.0")
-	fmt.Printf("pcihelper: %s\n", line)
-	fmt.Printf("pcihelper: virtio0-input.0 before %d after %d\n", before, after)
+	say("pcihelper: %s\n", line)
+	say("pcihelper: virtio0-input.0 before %d after %d\n", before, after)
 	require.Greater(t, after, before, "RX MSI-X vector count did not grow")
 }
