@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strings"
@@ -1066,4 +1067,37 @@ func deleteLink(name string) error {
 		}
 	}
 	return nil
+}
+
+// TestVmrunNet drives the command line: vmrun -net virtio,tap=...,mac=...,queues=2
+// -s SLOT,virtio-net,TAP2 creates both TAPs, the guest sees both NICs with their
+// MACs, and the TAPs are gone when vmrun exits.
+func TestVmrunNet(t *testing.T) {
+	dir := requireAssets(t)
+	if ok, why := tap.CanCreate(); !ok {
+		t.Skip("cannot create a TAP: " + why)
+	}
+	k, err := testhost.LoadKernel(filepath.Join(dir, testhost.AssetKernelDir))
+	require.NoError(t, err)
+	mods, err := testhost.GuestModuleArg(k, "virtio-net")
+	require.NoError(t, err)
+	a, b := fmt.Sprintf("ptva%d", os.Getpid()%10000), fmt.Sprintf("ptvb%d", os.Getpid()%10000)
+	args := []string{filepath.Join(dir, testhost.AssetVMRun),
+		"-kernel", filepath.Join(dir, testhost.AssetKernelDir, "vmlinuz"),
+		"-initrd", filepath.Join(dir, testhost.AssetGuestInit),
+		"-cpus", "2",
+		"-net", "virtio,tap=" + a + ",mac=52:54:00:aa:00:01,queues=2",
+		"-s", "7,virtio-net," + b + ",mac=52:54:00:bb:00:02",
+		"-append", testhost.GuestCmdline("/bin/ptvmm-agent cat /sys/class/net/eth0/address /sys/class/net/eth1/address", mods)}
+	ctx, cancel := context.WithTimeout(context.Background(), bootTimeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, args[0], args[1:]...)
+	out, err := cmd.CombinedOutput()
+	require.NoError(t, err, "vmrun: %s", out)
+	text := string(out)
+	for _, mac := range []string{"52:54:00:aa:00:01", "52:54:00:bb:00:02"} {
+		assert.Contains(t, text, mac, "guest did not show NIC %s", mac)
+	}
+	assert.False(t, tap.Exists(a), "vmrun left %s behind", a)
+	assert.False(t, tap.Exists(b), "vmrun left %s behind", b)
 }
