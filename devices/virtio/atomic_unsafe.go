@@ -52,3 +52,10 @@ var fenceWord uint32
 
 // fence is a full memory barrier (a locked instruction).
 func fence() { atomic.AddUint32(&fenceWord, 0) }
+
+// LoadLE16 atomically loads a u16 ring index shared with the other side (for
+// driver-side code such as test drivers; the device uses it internally).
+func LoadLE16(b []byte) uint16 { return load16(b) }
+
+// StoreLE16 atomically stores a u16 ring index with a full barrier.
+func StoreLE16(b []byte, v uint16) { store16(b, v) }

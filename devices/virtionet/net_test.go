@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"fmt"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -226,12 +225,10 @@ func (g *guest) post(q int, bufs ...[3]uint64) uint16 {
 	av := ringBase(q) + 0x200
 	binary.LittleEndian.PutUint16(g.ram[av+4+2*uint64(g.avail[q]%qsize):], head)
 	g.avail[q]++
-	binary.LittleEndian.PutUint16(g.ram[av+2:], g.avail[q])
+	virtio.StoreLE16(g.ram[av+2:], g.avail[q])
 	g.w(0x3000+4*uint64(q), 2, uint64(q)) // notify
 	return head
 }
-
-var fenceWord uint32
 
 type usedElem struct{ id, len uint32 }
 
@@ -241,7 +238,7 @@ func (g *guest) waitUsed(q, n int) []usedElem {
 	deadline := time.After(5 * time.Second)
 	for {
 		u := ringBase(q) + 0x400
-		for g.usedSeen[q] != binary.LittleEndian.Uint16(g.ram[u+2:]) {
+		for g.usedSeen[q] != virtio.LoadLE16(g.ram[u+2:]) {
 			off := u + 4 + 8*uint64(g.usedSeen[q]%qsize)
 			out = append(out, usedElem{binary.LittleEndian.Uint32(g.ram[off:]), binary.LittleEndian.Uint32(g.ram[off+4:])})
 			g.usedSeen[q]++
@@ -249,11 +246,10 @@ func (g *guest) waitUsed(q, n int) []usedElem {
 		if len(out) >= n {
 			return out
 		}
-		// As Linux's virtqueue_enable_cb: publish used_event, then re-check before
-		// sleeping (the fence orders the store before the load).
-		binary.LittleEndian.PutUint16(g.ram[ringBase(q)+0x200+4+2*qsize:], g.usedSeen[q])
-		atomic.AddUint32(&fenceWord, 0)
-		if g.usedSeen[q] != binary.LittleEndian.Uint16(g.ram[u+2:]) {
+		// As Linux's virtqueue_enable_cb: publish used_event (a full barrier), then
+		// re-check before sleeping.
+		virtio.StoreLE16(g.ram[ringBase(q)+0x200+4+2*qsize:], g.usedSeen[q])
+		if g.usedSeen[q] != virtio.LoadLE16(g.ram[u+2:]) {
 			continue
 		}
 		select {
@@ -443,7 +439,7 @@ func TestBrokenRingNeedsReset(t *testing.T) {
 	g := newGuest(t, 0)
 	g.bringUp(allFeatures)
 	av := ringBase(1) + 0x200
-	binary.LittleEndian.PutUint16(g.ram[av+2:], 100) // avail idx jumps past the queue size
+	virtio.StoreLE16(g.ram[av+2:], 100) // avail idx jumps past the queue size
 	g.w(0x3000+4, 2, 1)
 	select {
 	case <-g.irq.ch:
@@ -558,7 +554,7 @@ func (g *guest) postIndirect(q, n, size int) {
 	av := ringBase(q) + 0x200
 	binary.LittleEndian.PutUint16(g.ram[av+4+2*uint64(g.avail[q]%qsize):], head)
 	g.avail[q]++
-	binary.LittleEndian.PutUint16(g.ram[av+2:], g.avail[q])
+	virtio.StoreLE16(g.ram[av+2:], g.avail[q])
 	g.w(0x3000+4*uint64(q), 2, uint64(q))
 }
 
