@@ -71,15 +71,6 @@ func (v *VM) GSIRouting() *kvm.GSIRouting {
 	return r.(*kvm.GSIRouting)
 }
 
-func freeSlot(root *pci.Root) int {
-	for s := 1; s < 32; s++ {
-		if root.Function(s) == nil {
-			return s
-		}
-	}
-	return -1
-}
-
 // AddNIC opens the TAP and adds a virtio-net PCI function for it. index numbers the
 // VM's NICs (for the default MAC). Call it after New, before Run, from the goroutine
 // that calls New and Close; VM.Close closes the NIC if the caller has not.
@@ -123,7 +114,9 @@ func (v *VM) AddNIC(index int, n NIC) (_ *NICDevice, err error) {
 	}
 	slot := n.Slot
 	if slot == 0 {
-		slot = freeSlot(v.pci)
+		if slot, err = v.pci.FreeSlot(); err != nil {
+			return nil, fmt.Errorf("vmm: NIC %d: %w", index, err)
+		}
 	}
 	if slot < 1 || slot > 31 || v.pci.Function(slot) != nil {
 		return nil, fmt.Errorf("vmm: NIC %d: PCI slot %d is taken or invalid (1..31)", index, slot)
