@@ -11,4 +11,9 @@
 // index outside the table, rings outside guest memory) breaks the queue, and the
 // transport then sets DEVICE_NEEDS_RESET and raises a configuration interrupt. Nothing
 // here panics or exits on guest input.
+//
+// The modern registers are complete, but the capabilities that point a modern driver
+// at them (Transport.VendorCaps) need a vmm/pci that chains vendor capabilities after
+// MSI-X; until then Linux's virtio_pci leaves the transitional device to its legacy
+// driver, which binds through BAR0 with MSI-X per queue.
 package virtio

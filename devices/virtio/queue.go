@@ -61,7 +61,7 @@ type QueueConfig struct {
 
 // QueueStats are a queue's counters, each monotonic.
 type QueueStats struct {
-	Popped     uint64 // chains handed to the device
+	Popped     uint64 // chains handed to the device (a chain given back by Unpop counts again)
 	Pushed     uint64 // used entries written (including dropped chains)
 	Dropped    uint64 // malformed chains returned unprocessed
 	Interrupts uint64 // times NeedInterrupt said yes
@@ -201,9 +201,7 @@ func (q *Queue) Pop(c *Chain) (bool, error) {
 // dropped in between is dropped (and pushed) again when popped again; only a guest that
 // wrote it can be confused by that.
 func (q *Queue) Unpop(first *Chain) {
-	n := q.lastAvail - first.pos
 	q.lastAvail = first.pos
-	q.popped.Add(^uint64(n) + 1)
 }
 
 // parse reads the chain starting at head into c.
