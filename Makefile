@@ -29,7 +29,7 @@ test: unit e2e
 # The KVM-using unit tests again, on a hardware-style KVM: on a VT-x/AMD-V
 # host directly, else in the test host (nested SVM under TCG), one boot per
 # package. Not part of `make test`.
-KVM_PKGS ?= ./vmm/...,./backends/tap
+KVM_PKGS ?= ./vmm/...,./backends/tap,./devices/testdev
 e2e-kvm: kernel
 	$(GO) run ./e2e/cmd/testhost -pkgs $(KVM_PKGS) -timeout $(E2E_TIMEOUT) $(E2E_FLAGS)
 
