@@ -16,6 +16,12 @@
 // somewhere legal; out-of-range config and MSI-X table accesses are ignored and read as
 // PCI does (all-ones for absent functions, zero for reserved fields).
 //
+// The capability list holds MSI-X (at CapOffset) followed by the device's own
+// capabilities (Spec.Caps, e.g. virtio's vendor-specific ones that lead Linux's modern
+// virtio-pci driver to its registers), 4-byte aligned; a Spec whose capabilities do
+// not fit in the 256-byte space is refused. The guest can change none of it except
+// the MSI-X message control register.
+//
 // INTx routing: pin INTA of the device in slot s is wired to IOAPIC GSI IntxGSI(s)
 // (16 + s%8, level-triggered); the interrupt line register says so, and firmware tables
 // must too (an ACPI _PRT entry per slot: Linux ignores interrupt line values above 15

@@ -65,6 +65,17 @@ type Spec struct {
 	MSIX                     *MSIXSpec // nil: no MSI-X capability
 	// Intx, if set, gives the device pin INTA wired to IntxGSI(slot).
 	Intx IntxLine
+	// Caps are further capabilities (e.g. virtio's vendor-specific ones), chained after
+	// MSI-X in this order at 4-byte aligned offsets. They are read-only to the guest.
+	Caps []Capability
+}
+
+// Capability is one entry of the configuration space's capability list.
+type Capability struct {
+	ID uint8
+	// Body is what follows the ID and next-pointer bytes (its length byte, if the
+	// capability has one, included); the root maintains the next pointer.
+	Body []byte
 }
 
 type barState struct {
@@ -83,6 +94,7 @@ type Function struct {
 
 	mu       sync.Mutex
 	cfg      [ConfigSize]byte // byte image of the header (BARs and dynamic bits overlaid)
+	capList  bool             // status bit "capabilities list"
 	bars     [6]barState
 	msix     *MSIX
 	intx     IntxLine
@@ -182,7 +194,34 @@ func validateSpec(s *Spec, haveMapper bool) error {
 			return fmt.Errorf("MSI-X: no Router")
 		}
 	}
+	if _, ok := capLayout(s); !ok {
+		return fmt.Errorf("capabilities do not fit in configuration space (%#x..%#x)", CapOffset, ConfigSize)
+	}
 	return nil
+}
+
+// msixCapSize is the MSI-X capability's length in configuration space.
+const msixCapSize = 12
+
+// capLayout returns the configuration-space offset of each of s.Caps (after MSI-X,
+// 4-byte aligned) and whether they all fit below ConfigSize.
+func capLayout(s *Spec) ([]int, bool) {
+	off := CapOffset
+	if s.MSIX != nil {
+		off += msixCapSize
+	}
+	offs := make([]int, len(s.Caps))
+	for i, c := range s.Caps {
+		if len(c.Body) > ConfigSize {
+			return nil, false
+		}
+		offs[i] = off
+		off = (off + 2 + len(c.Body) + 3) &^ 3
+		if off > ConfigSize {
+			return nil, false
+		}
+	}
+	return offs, true
 }
 
 func newFunction(r *Root, slot int, s *Spec) *Function {
@@ -202,15 +241,26 @@ func newFunction(r *Root, slot int, s *Spec) *Function {
 		f.cfg[RegInterruptPin] = 1
 		f.cfg[RegInterruptLine] = byte(IntxGSI(slot))
 	}
+	// Capability list: MSI-X first (at CapOffset, where its control register is
+	// decoded), then s.Caps; next points at the byte holding the next pointer.
+	next := RegCapPtr
 	if s.MSIX != nil {
 		f.msix = newMSIX(f, *s.MSIX)
-		f.cfg[RegCapPtr] = CapOffset
+		f.cfg[next], next = CapOffset, CapOffset+1
 		f.cfg[CapOffset] = CapIDMSIX
-		f.cfg[CapOffset+1] = 0 // last capability
 		f.put16(CapOffset+2, uint16(s.MSIX.Vectors-1))
 		f.put32(CapOffset+4, s.MSIX.TableOffset|uint32(s.MSIX.BAR))
 		f.put32(CapOffset+8, s.MSIX.PBAOffset|uint32(s.MSIX.BAR))
 	}
+	offs, _ := capLayout(s) // validateSpec checked the fit
+	for i, c := range s.Caps {
+		o := offs[i]
+		f.cfg[next], next = byte(o), o+1
+		f.cfg[o] = c.ID
+		copy(f.cfg[o+2:], c.Body)
+	}
+	f.cfg[next] = 0 // last capability (RegCapPtr 0: no list)
+	f.capList = next != RegCapPtr
 	return f
 }
 
@@ -255,7 +305,7 @@ func (f *Function) ReadConfig(off int, data []byte) {
 	if f.intxHigh {
 		status |= StatusInterrupt
 	}
-	if f.msix != nil {
+	if f.capList {
 		status |= StatusCapList
 	}
 	f.put16(RegStatus, status)

@@ -160,7 +160,33 @@ func fullSpec(r *fakeRouter, host []byte, line IntxLine) Spec {
 		},
 		MSIX: &MSIXSpec{Vectors: 3, BAR: 1, TableOffset: 0x800, PBAOffset: 0xc00, Router: r},
 		Intx: line,
+		Caps: testCaps(),
 	}
+}
+
+// testCaps are vendor capabilities shaped like virtio's (length byte first; one odd
+// length so the next one has to be realigned).
+func testCaps() []Capability {
+	return []Capability{
+		{ID: 0x09, Body: []byte{16, 1, 4, 0, 0, 0, 0, 0, 0, 0, 0x40, 0, 0, 0}},
+		{ID: 0x09, Body: []byte{19, 2, 4, 0, 0, 0, 0, 0x30, 0, 0, 0x0c, 0, 0, 0, 4, 0, 0}},
+		{ID: 0x09, Body: []byte{16, 3, 4, 0, 0, 0, 0, 0x10, 0, 0, 1, 0, 0, 0}},
+	}
+}
+
+// walkCaps follows the capability list from RegCapPtr through the config ports and
+// returns each capability's offset; it fails on a loop or a misplaced pointer.
+func walkCaps(t *testing.T, g *rig, slot int) []int {
+	t.Helper()
+	var offs []int
+	seen := map[int]bool{}
+	for p := int(g.cfgRead(slot, RegCapPtr, 1)); p != 0; p = int(g.cfgRead(slot, p+1, 1)) {
+		require.False(t, seen[p], "capability list loops at %#x", p)
+		require.True(t, p >= CapOffset && p < ConfigSize && p%4 == 0, "capability pointer %#x", p)
+		seen[p] = true
+		offs = append(offs, p)
+	}
+	return offs
 }
 
 func TestHostBridgeAndMechanism1(t *testing.T) {
@@ -330,6 +356,90 @@ func TestConfigOutOfRange(t *testing.T) {
 	assert.Equal(t, uint32(0), g.cfgRead(2, RegROM, 4), "no expansion ROM")
 }
 
+func TestCapabilityList(t *testing.T) {
+	g := newRig(t)
+	_, err := g.root.Add(3, fullSpec(&fakeRouter{}, make([]byte, 0x4000), nil))
+	require.NoError(t, err)
+	assert.NotZero(t, g.cfgRead(3, RegStatus, 2)&StatusCapList)
+	offs := walkCaps(t, g, 3)
+	caps := testCaps()
+	require.Len(t, offs, 1+len(caps), "MSI-X plus the vendor capabilities")
+	assert.Equal(t, CapOffset, offs[0])
+	assert.Equal(t, uint32(CapIDMSIX), g.cfgRead(3, offs[0], 1))
+	check := func() {
+		for i, c := range caps {
+			o := offs[1+i]
+			assert.Equal(t, uint32(c.ID), g.cfgRead(3, o, 1), "cap %d id", i)
+			for k, b := range c.Body {
+				assert.Equal(t, uint32(b), g.cfgRead(3, o+2+k, 1), "cap %d byte %d", i, 2+k)
+			}
+			if i > 0 {
+				prev := offs[i]
+				assert.GreaterOrEqual(t, o, prev+2+len(caps[i-1].Body), "cap %d overlaps the previous one", i)
+			}
+		}
+	}
+	check()
+	// The guest can change none of it: not the bytes, not the chain.
+	before := make([]uint32, ConfigSize/4)
+	for o := CapOffset; o < ConfigSize; o += 4 {
+		before[o/4] = g.cfgRead(3, o, 4)
+	}
+	for o := offs[1]; o < ConfigSize; o++ {
+		g.cfgWrite(3, o, 1, 0xa5)
+	}
+	for o := offs[1]; o < ConfigSize; o += 2 {
+		g.cfgWrite(3, o, 2, 0)
+	}
+	for o := offs[1]; o < ConfigSize; o += 4 {
+		g.cfgWrite(3, o, 4, 0xffffffff)
+	}
+	g.cfgWrite(3, CapOffset, 1, 0) // MSI-X ID and next pointer
+	g.cfgWrite(3, CapOffset+1, 1, 0)
+	g.cfgWrite(3, RegCapPtr, 1, 0x80)
+	for o := CapOffset; o < ConfigSize; o += 4 {
+		assert.Equal(t, before[o/4], g.cfgRead(3, o, 4), "config dword %#x changed by guest writes", o)
+	}
+	assert.Equal(t, offs, walkCaps(t, g, 3))
+	check()
+
+	// Without MSI-X the vendor capabilities start the list; without any, no list.
+	_, err = g.root.Add(4, Spec{VendorID: 1, Caps: caps[:1]})
+	require.NoError(t, err)
+	assert.Equal(t, []int{CapOffset}, walkCaps(t, g, 4))
+	assert.NotZero(t, g.cfgRead(4, RegStatus, 2)&StatusCapList)
+	_, err = g.root.Add(5, Spec{VendorID: 1})
+	require.NoError(t, err)
+	assert.Empty(t, walkCaps(t, g, 5))
+	assert.Zero(t, g.cfgRead(5, RegStatus, 2)&StatusCapList)
+}
+
+func TestCapabilitiesMustFit(t *testing.T) {
+	g := newRig(t)
+	r := &fakeRouter{}
+	// 12 bytes of MSI-X at 0x40, then 0x4c..0x100 = 180 bytes: a 178-byte body fits
+	// exactly, one more byte does not.
+	fits := Spec{VendorID: 1, BARs: [6]*BAR{{Kind: BARMem32, Size: 0x1000}},
+		MSIX: &MSIXSpec{Vectors: 1, BAR: 0, PBAOffset: 0x800, Router: r},
+		Caps: []Capability{{ID: 9, Body: make([]byte, ConfigSize-CapOffset-msixCapSize-2)}}}
+	_, err := g.root.Add(1, fits)
+	require.NoError(t, err)
+	offs := walkCaps(t, g, 1)
+	assert.Equal(t, []int{CapOffset, CapOffset + msixCapSize}, offs)
+	tooBig := fits
+	tooBig.Caps = []Capability{{ID: 9, Body: make([]byte, ConfigSize-CapOffset-msixCapSize-1)}}
+	_, err = g.root.Add(2, tooBig)
+	assert.ErrorContains(t, err, "do not fit")
+	many := Spec{VendorID: 1}
+	for i := 0; i < 12; i++ {
+		many.Caps = append(many.Caps, Capability{ID: 9, Body: make([]byte, 18)})
+	}
+	_, err = g.root.Add(2, many)
+	assert.ErrorContains(t, err, "do not fit", "12 x 20 bytes after 0x40")
+	_, err = g.root.Add(2, Spec{VendorID: 1, Caps: []Capability{{ID: 9, Body: make([]byte, 1<<20)}}})
+	assert.ErrorContains(t, err, "do not fit")
+}
+
 func TestMSIX(t *testing.T) {
 	g := newRig(t)
 	r := &fakeRouter{}
@@ -479,6 +589,11 @@ func FuzzConfigWrites(f *testing.F) {
 		g := newRig(t)
 		fn, err := g.root.Add(1, fullSpec(&fakeRouter{}, make([]byte, 0x4000), &fakeLine{}))
 		require.NoError(t, err)
+		// Everything past the MSI-X capability is read-only vendor capabilities.
+		capsBefore := make([]byte, ConfigSize-CapOffset-msixCapSize)
+		for o := 0; o < len(capsBefore); o += 4 {
+			fn.ReadConfig(CapOffset+msixCapSize+o, capsBefore[o:o+4])
+		}
 		for len(prog) >= 6 {
 			off, n := int(prog[0]), int(prog[1]%5)
 			v := binary.LittleEndian.Uint32(prog[2:6])
@@ -498,6 +613,11 @@ func FuzzConfigWrites(f *testing.F) {
 			fn.WriteConfig(off, d)
 			fn.ReadConfig(off, d)
 		}
+		capsAfter := make([]byte, len(capsBefore))
+		for o := 0; o < len(capsAfter); o += 4 {
+			fn.ReadConfig(CapOffset+msixCapSize+o, capsAfter[o:o+4])
+		}
+		assert.Equal(t, capsBefore, capsAfter, "guest writes changed the vendor capabilities")
 		for _, gpa := range g.mapper.gpas() {
 			assert.GreaterOrEqual(t, gpa, uint64(ramSize))
 		}

@@ -21,7 +21,7 @@ const (
 	RegInterruptLine = 0x3c
 	RegInterruptPin  = 0x3d
 
-	// CapOffset is where the first (MSI-X) capability lives.
+	// CapOffset is where the first capability (MSI-X if the device has it) lives.
 	CapOffset = 0x40
 )
 
