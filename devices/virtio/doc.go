@@ -12,8 +12,8 @@
 // transport then sets DEVICE_NEEDS_RESET and raises a configuration interrupt. Nothing
 // here panics or exits on guest input.
 //
-// The modern registers are complete, but the capabilities that point a modern driver
-// at them (Transport.VendorCaps) need a vmm/pci that chains vendor capabilities after
-// MSI-X; until then Linux's virtio_pci leaves the transitional device to its legacy
-// driver, which binds through BAR0 with MSI-X per queue.
+// The function is transitional (device ID 0x1000 + type - 1, revision 0): its vendor
+// capabilities (Transport.VendorCaps, chained by vmm/pci after MSI-X) lead Linux's
+// modern virtio_pci driver to the registers in BAR4, so it negotiates VERSION_1; a
+// legacy-only driver still finds the 0.9.5 registers in the BAR0 I/O window.
 package virtio

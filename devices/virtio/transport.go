@@ -204,6 +204,7 @@ type Transport struct {
 	legacyUsed  bool
 
 	generation atomic.Uint32 // config_generation, bumped by ConfigChanged
+	lastFeat   atomic.Uint64 // features of the last activation, kept across resets
 
 	status    atomic.Uint32
 	isr       atomic.Uint32
@@ -245,6 +246,7 @@ func (t *Transport) Spec() pci.Spec {
 		Revision:    0,
 		Class:       classNetwork,
 		Intx:        t.cfg.Intx,
+		Caps:        t.VendorCaps(),
 	}
 	legacySize := uint64(4)
 	for legacySize < uint64(legacyConfigMSI+t.dev.ConfigSize()) {
@@ -259,24 +261,37 @@ func (t *Transport) Spec() pci.Spec {
 	return s
 }
 
-// VendorCaps returns the virtio_pci_cap structures (cap ID 0x09) a modern driver looks
-// for, each with cap_next 0, for a PCI root that can chain vendor capabilities after
-// MSI-X. Without them Linux binds its legacy driver through BAR0.
-func (t *Transport) VendorCaps() [][]byte {
-	mk := func(typ uint8, off, ln uint32, extra int) []byte {
-		c := make([]byte, 16+extra)
-		c[0], c[2], c[3], c[4] = 0x09, byte(16+extra), typ, modernBAR
-		binary.LittleEndian.PutUint32(c[8:], off)
-		binary.LittleEndian.PutUint32(c[12:], ln)
-		return c
+// Virtio PCI capability (struct virtio_pci_cap) types.
+const (
+	capVendor    = 0x09
+	capCommonCfg = 1
+	capNotifyCfg = 2
+	capISRCfg    = 3
+	capDeviceCfg = 4
+)
+
+// VendorCaps returns the virtio_pci_cap structures (capability ID 0x09) that point a
+// modern driver at the registers in BAR4: common, notify, ISR and device
+// configuration, in that order. Spec includes them; pci chains them after MSI-X.
+func (t *Transport) VendorCaps() []pci.Capability {
+	// Body starts at cap_len (byte 2 of the structure); pci fills cap_vndr and cap_next.
+	mk := func(typ uint8, off, ln uint32, extra int) pci.Capability {
+		b := make([]byte, 14+extra)
+		b[0], b[1], b[2] = byte(16+extra), typ, modernBAR
+		binary.LittleEndian.PutUint32(b[6:], off)
+		binary.LittleEndian.PutUint32(b[10:], ln)
+		return pci.Capability{ID: capVendor, Body: b}
 	}
-	notifyCap := mk(2, notifyOffset, uint32(len(t.queues))*notifyMultiplier, 4)
-	binary.LittleEndian.PutUint32(notifyCap[16:], notifyMultiplier)
-	return [][]byte{
-		mk(1, commonOffset, commonSize, 0),
+	// Queue q's doorbell is at notifyOffset + queue_notify_off(q) * notifyMultiplier,
+	// with queue_notify_off(q) = q: the addresses Attach and movedModern give the
+	// ioeventfds and the trapped path in modernRegs.Write decodes.
+	notifyCap := mk(capNotifyCfg, notifyOffset, uint32(len(t.queues))*notifyMultiplier, 4)
+	binary.LittleEndian.PutUint32(notifyCap.Body[14:], notifyMultiplier)
+	return []pci.Capability{
+		mk(capCommonCfg, commonOffset, commonSize, 0),
 		notifyCap,
-		mk(3, isrOffset, 1, 0),
-		mk(4, deviceOffset, uint32(t.dev.ConfigSize()), 0),
+		mk(capISRCfg, isrOffset, 1, 0),
+		mk(capDeviceCfg, deviceOffset, uint32(t.dev.ConfigSize()), 0),
 	}
 }
 
@@ -514,7 +529,13 @@ func (t *Transport) activateLocked() {
 		return
 	}
 	t.active = true
+	t.lastFeat.Store(a.Features)
 }
+
+// LastFeatures returns the feature bits the driver accepted when it last started the
+// device (kept after a reset; 0 before the first start). VERSION_1 (bit 32) is set
+// iff that driver used the modern interface. Safe from any goroutine.
+func (t *Transport) LastFeatures() uint64 { return t.lastFeat.Load() }
 
 // legacyLayout is the contiguous legacy ring at pfn*4096.
 func legacyLayout(pfn uint32, size uint16, eventIdx bool) QueueConfig {

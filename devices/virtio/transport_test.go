@@ -8,6 +8,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/ptvmm/ptvmm/notify"
 	"github.com/ptvmm/ptvmm/vmm/bus"
 	"github.com/ptvmm/ptvmm/vmm/memory"
 	"github.com/ptvmm/ptvmm/vmm/pci"
@@ -65,14 +66,17 @@ type rig struct {
 	io, bar4  uint64
 }
 
-func newRig(t *testing.T) *rig {
+func newRig(t *testing.T) *rig { return newRigBells(t, nil) }
+
+// newRigBells is newRig with a doorbell maker (nil: notify writes trap).
+func newRigBells(t *testing.T, bells BellMaker) *rig {
 	ram := make([]byte, ramSize)
 	mem, err := memory.FromBytes([]memory.Region{{Range: memory.Range{GPA: 0, Size: ramSize}, Host: ram, FD: -1}})
 	require.NoError(t, err)
 	r := &rig{t: t, pio: bus.New("pio"), mmio: bus.New("mmio"), mem: mem, dev: &fakeDev{cfg: [8]byte{1, 2, 3, 4, 5, 6, 7, 8}}, router: &fakeRouter{}, line: &fakeLine{}}
 	root, err := pci.NewRoot(pci.Config{PIO: r.pio, MMIO: r.mmio, Reserved: []memory.Range{{GPA: 0, Size: ramSize}}})
 	require.NoError(t, err)
-	r.tr, err = NewTransport(TransportConfig{Mem: mem, Device: r.dev, MSIX: r.router, Intx: r.line, Logf: t.Logf})
+	r.tr, err = NewTransport(TransportConfig{Mem: mem, Device: r.dev, Bells: bells, MSIX: r.router, Intx: r.line, Logf: t.Logf})
 	require.NoError(t, err)
 	t.Cleanup(func() { r.tr.Close() })
 	r.fn, err = root.Add(-1, r.tr.Spec())
@@ -133,8 +137,162 @@ func TestTransportIdentity(t *testing.T) {
 	assert.Equal(t, 4, s.MSIX.Vectors, "config + one per queue")
 	caps := r.tr.VendorCaps()
 	require.Len(t, caps, 4)
-	assert.Equal(t, []byte{0x09, 0, 20, 2, modernBAR}, caps[1][:5])
-	assert.Equal(t, uint32(notifyMultiplier), binary.LittleEndian.Uint32(caps[1][16:]))
+	assert.Equal(t, s.Caps, caps, "Spec carries the vendor capabilities")
+	assert.Equal(t, uint8(capVendor), caps[1].ID)
+	assert.Equal(t, []byte{20, capNotifyCfg, modernBAR}, caps[1].Body[:3])
+	assert.Equal(t, uint32(notifyMultiplier), binary.LittleEndian.Uint32(caps[1].Body[14:]))
+}
+
+// fakeBell records where the transport places a doorbell.
+type fakeBell struct {
+	spec notify.DoorbellSpec
+	ev   *notify.EventFD
+	addr uint64
+	on   bool
+}
+
+func (b *fakeBell) Event() *notify.EventFD { return b.ev }
+func (b *fakeBell) Close() error           { return b.ev.Close() }
+func (b *fakeBell) Move(addr uint64, on bool) error {
+	b.addr, b.on = addr, on
+	return nil
+}
+
+// virtioCap is a parsed struct virtio_pci_cap.
+type virtioCap struct {
+	bar             uint8
+	offset, length  uint32
+	notifyMultipler uint32
+}
+
+// linuxCaps walks the capability list from 0x34 the way Linux's virtio_pci_modern
+// does (byte reads of type and BAR, dword reads of offset and length) and returns the
+// first capability of each cfg_type.
+func linuxCaps(t *testing.T, fn *pci.Function) map[uint8]virtioCap {
+	t.Helper()
+	rd := func(off, n int) uint32 {
+		b := make([]byte, 4)
+		fn.ReadConfig(off, b[:n])
+		return binary.LittleEndian.Uint32(b)
+	}
+	require.NotZero(t, rd(pci.RegStatus, 2)&pci.StatusCapList, "capabilities list bit")
+	caps := map[uint8]virtioCap{}
+	seen := map[uint32]bool{}
+	for p := rd(pci.RegCapPtr, 1); p != 0; p = rd(int(p)+1, 1) {
+		require.False(t, seen[p], "capability loop at %#x", p)
+		require.True(t, p >= 0x40 && p%4 == 0 && p < pci.ConfigSize, "capability at %#x", p)
+		seen[p] = true
+		if rd(int(p), 1) != capVendor {
+			continue
+		}
+		typ := uint8(rd(int(p)+3, 1))
+		c := virtioCap{bar: uint8(rd(int(p)+4, 1)), offset: rd(int(p)+8, 4), length: rd(int(p)+12, 4)}
+		if typ == capNotifyCfg {
+			require.GreaterOrEqual(t, rd(int(p)+2, 1), uint32(20), "notify cap_len")
+			c.notifyMultipler = rd(int(p)+16, 4)
+		}
+		if _, dup := caps[typ]; !dup {
+			caps[typ] = c
+		}
+	}
+	return caps
+}
+
+// TestModernThroughCapabilities brings the device up the way Linux's modern driver
+// does, finding every register through the vendor capabilities in config space, and
+// checks that each queue's ioeventfd sits at the notify address the capability
+// advertises, before and after the guest moves BAR4.
+func TestModernThroughCapabilities(t *testing.T) {
+	var bells []*fakeBell
+	r := newRigBells(t, func(s notify.DoorbellSpec) (Bell, error) {
+		ev, err := notify.NewEventFD()
+		if err != nil {
+			return nil, err
+		}
+		b := &fakeBell{spec: s, ev: ev, addr: s.Addr, on: true}
+		bells = append(bells, b)
+		return b, nil
+	})
+	caps := linuxCaps(t, r.fn)
+	for _, typ := range []uint8{capCommonCfg, capNotifyCfg, capISRCfg, capDeviceCfg} {
+		c, ok := caps[typ]
+		require.True(t, ok, "no capability of cfg_type %d", typ)
+		require.Equal(t, uint8(modernBAR), c.bar)
+		require.LessOrEqual(t, uint64(c.offset)+uint64(c.length), uint64(modernSize), "cfg_type %d outside BAR4", typ)
+	}
+	require.GreaterOrEqual(t, caps[capCommonCfg].length, uint32(56), "Linux maps at least 56 bytes of common config")
+	require.GreaterOrEqual(t, caps[capISRCfg].length, uint32(1))
+	require.Equal(t, uint32(len(r.dev.cfg)), caps[capDeviceCfg].length)
+	bar4Reg := make([]byte, 4)
+	r.fn.ReadConfig(pci.RegBAR0+4*modernBAR, bar4Reg)
+	require.Equal(t, byte(0x4), bar4Reg[0]&0x7, "BAR4 is a 64-bit memory BAR")
+
+	common := uint64(caps[capCommonCfg].offset)
+	nc := caps[capNotifyCfg]
+	r.mw(common+ccDeviceStatus, 1, StatusAcknowledge|StatusDriver)
+	r.mw(common+ccDeviceFeatureSel, 4, 1)
+	require.Equal(t, uint64(1), r.mr(common+ccDeviceFeature, 4)&1, "VERSION_1 offered")
+	r.mw(common+ccDriverFeatureSel, 4, 1)
+	r.mw(common+ccDriverFeature, 4, 1)
+	r.mw(common+ccDeviceStatus, 1, StatusAcknowledge|StatusDriver|StatusFeaturesOK)
+	require.NotZero(t, r.mr(common+ccDeviceStatus, 1)&StatusFeaturesOK)
+	notifyAt := make([]uint64, r.dev.NumQueues())
+	for q := 0; q < r.dev.NumQueues(); q++ {
+		r.mw(common+ccQueueSelect, 2, uint64(q))
+		off := r.mr(common+ccQueueNotifyOff, 2)
+		// Linux refuses a queue whose 2-byte doorbell is not inside the notify area.
+		require.LessOrEqual(t, off*uint64(nc.notifyMultipler)+2, uint64(nc.length), "queue %d doorbell outside the notify cap", q)
+		notifyAt[q] = uint64(nc.offset) + off*uint64(nc.notifyMultipler)
+		base := uint64(q) * 0x4000
+		r.mw(common+ccQueueDesc, 8, descGPA+base)
+		r.mw(common+ccQueueDriver, 8, availGPA+base)
+		r.mw(common+ccQueueDevice, 8, usedGPA+base)
+		r.mw(common+ccQueueEnable, 2, 1)
+	}
+	r.mw(common+ccDeviceStatus, 1, StatusAcknowledge|StatusDriver|StatusFeaturesOK|StatusDriverOK)
+	require.Len(t, r.dev.activated, 1)
+	a := r.dev.activated[0]
+	assert.False(t, a.Legacy)
+	assert.Equal(t, uint64(FVersion1), r.tr.LastFeatures()&FVersion1)
+
+	// The modern doorbells (MMIO, 2 bytes) sit where the capability says.
+	checkBells := func(bar4 uint64) {
+		t.Helper()
+		var modern []*fakeBell
+		for _, b := range bells {
+			if !b.spec.PIO {
+				modern = append(modern, b)
+			}
+		}
+		require.Len(t, modern, len(notifyAt))
+		for q, b := range modern {
+			assert.Equal(t, bar4+notifyAt[q], b.addr, "queue %d ioeventfd address", q)
+			assert.True(t, b.on, "queue %d ioeventfd enabled", q)
+			assert.Equal(t, uint32(2), b.spec.Len)
+			assert.Contains(t, a.Queues[q].Kicks, b.ev, "queue %d worker waits on its ioeventfd", q)
+		}
+	}
+	checkBells(r.bar4)
+	// A trapped write to the same address (no ioeventfd caught it) kicks the same queue.
+	for q := range notifyAt {
+		r.mw(notifyAt[q], 2, uint64(q))
+		k, err := a.Queues[q].Kicks[0].Read()
+		require.NoError(t, err)
+		assert.Equal(t, uint64(1), k, "queue %d", q)
+	}
+	// ISR and device config through their capabilities.
+	require.NoError(t, a.Queues[1].Interrupt())
+	assert.Equal(t, uint64(isrQueue), r.mr(uint64(caps[capISRCfg].offset), 1))
+	assert.Equal(t, uint64(0x0807060504030201), r.mr(uint64(caps[capDeviceCfg].offset), 8))
+
+	// The guest moves BAR4: the doorbells follow.
+	const newBAR4 = 0xd000_0000
+	r.fn.WriteConfig(pci.RegBAR0+4*modernBAR, []byte{0, 0, 0, 0xd0})
+	r.fn.WriteConfig(pci.RegBAR0+4*modernBAR+4, []byte{0, 0, 0, 0})
+	got, mapped := r.fn.BARAddr(modernBAR)
+	require.True(t, mapped)
+	require.Equal(t, uint64(newBAR4), got)
+	checkBells(newBAR4)
 }
 
 func TestLegacyDriverBringUp(t *testing.T) {
@@ -155,6 +313,7 @@ func TestLegacyDriverBringUp(t *testing.T) {
 	require.Len(t, r.dev.activated, 1)
 	a := r.dev.activated[0]
 	assert.True(t, a.Legacy)
+	assert.Equal(t, uint64(1<<5|FEventIdx), r.tr.LastFeatures(), "legacy: no VERSION_1")
 	assert.Nil(t, a.Queues[0])
 	require.NotNil(t, a.Queues[1])
 	h := a.Queues[1]
