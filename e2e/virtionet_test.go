@@ -23,6 +23,7 @@ import (
 
 	"github.com/ptvmm/ptvmm/backends"
 	"github.com/ptvmm/ptvmm/backends/tap"
+	"github.com/ptvmm/ptvmm/devices/virtio"
 	"github.com/ptvmm/ptvmm/devices/virtionet"
 	"github.com/ptvmm/ptvmm/guest/initramfs"
 	"github.com/ptvmm/ptvmm/internal/testhost"
@@ -58,7 +59,37 @@ func (s *seqPort) Recv(bufs [][]byte, lens []int) (int, error) {
 	return len(bufs), nil
 }
 
-var netCheckCmd = "/bin/ptvmm-agent cat /sys/class/net/eth0/address /sys/class/net/eth0/mtu /proc/interrupts"
+var netCheckCmd = "/bin/ptvmm-agent cat /sys/class/net/eth0/address /sys/class/net/eth0/mtu " + virtioFeatures + " /proc/interrupts"
+
+// virtioFeatures is the negotiated feature string of the first virtio device: one
+// '0'/'1' character per bit.
+const virtioFeatures = "/sys/bus/virtio/devices/virtio0/features"
+
+// modernFeatures reports whether s is a sysfs feature string with VERSION_1 (bit 32)
+// set, i.e. Linux's modern virtio-pci driver runs the device (the legacy one
+// cannot negotiate bits above 31).
+func modernFeatures(s string) bool {
+	s = strings.TrimSpace(s)
+	return len(s) == 64 && strings.Trim(s, "01") == "" && s[32] == '1'
+}
+
+// countModern counts console lines that are feature strings with VERSION_1.
+func countModern(out string) int {
+	n := 0
+	for _, l := range strings.Split(out, "\n") {
+		if modernFeatures(l) {
+			n++
+		}
+	}
+	return n
+}
+
+// assertModern checks on the host side that the NIC's driver negotiated VERSION_1.
+func assertModern(t *testing.T, nd *vmm.NICDevice) {
+	t.Helper()
+	f := nd.Transport.LastFeatures()
+	assert.NotZero(t, f&virtio.FVersion1, "the guest drove the NIC without VERSION_1 (legacy driver); features %#x", f)
+}
 
 // bootNIC boots the guest with nic and runs cmd; it returns the console.
 func bootNIC(t *testing.T, nic vmm.NIC, cmd string) (*console, *vmm.NICDevice) {
@@ -105,6 +136,7 @@ func bootNIC(t *testing.T, nic vmm.NIC, cmd string) (*console, *vmm.NICDevice) {
 	require.True(t, ok, "no exit status; %s", fail())
 	assert.Equal(t, 0, status, fail())
 	t.Logf("inner guest with a NIC: agent ready %.2fs, done %.2fs", c.ready.Seconds(), time.Since(c.start).Seconds())
+	assertModern(t, nd)
 	return c, nd
 }
 
@@ -116,15 +148,16 @@ func checkNIC(t *testing.T, c *console, mac string, mtu int) {
 	assert.True(t, c.hasLine(mac), "eth0 has not our MAC %s; %s", mac, fail())
 	assert.True(t, c.hasLine(fmt.Sprint(mtu)), "eth0 MTU is not %d; %s", mtu, fail())
 	out := c.text()
+	assert.Equal(t, 1, countModern(out), "guest's %s shows no VERSION_1 (bit 32); %s", virtioFeatures, fail())
 	for _, irq := range []string{"virtio0-config", "virtio0-input.0", "virtio0-output.0", "virtio0-input.1", "virtio0-output.1"} {
 		assert.True(t, strings.Contains(out, irq), "no MSI-X vector %s in /proc/interrupts; %s", irq, fail())
 	}
 }
 
 // TestVirtioNetGuest boots Debian's kernel with a two-pair virtio-net NIC whose
-// backend is a pair of socketpairs: Linux's virtio_net must bind (through the
-// transitional device's legacy registers), show eth0 with our MAC and MTU, and get
-// one MSI-X vector per queue.
+// backend is a pair of socketpairs: Linux's virtio_net must bind through the modern
+// virtio-pci driver (VERSION_1 negotiated, seen by guest and host), show eth0 with our
+// MAC and MTU, and get one MSI-X vector per queue.
 func TestVirtioNetGuest(t *testing.T) {
 	requireGuest(t)
 	var ports []backends.Port
@@ -233,6 +266,8 @@ func runHelperGuest(t *testing.T, dir, img string, nic vmm.NIC, started func(*vm
 	status, ok := watch.ExitStatus()
 	require.True(t, ok, "no exit status; %s", fail())
 	assert.Equal(t, 0, status, "guest helper failed; %s", fail())
+	assertModern(t, nd)
+	assert.True(t, strings.Contains(c.text(), "nethelper: modern virtio-pci driver"), "guest helper did not confirm VERSION_1; %s", fail())
 	st := nd.Net.Stats()[0]
 	t.Logf("virtio-net counters: %+v", st)
 	return c, st
@@ -745,6 +780,7 @@ func TestGuestNetHelper(t *testing.T) {
 		me, peer = tapGuestIP, tapHostIP
 	}
 	require.NoError(t, setIPv4("eth0", me))
+	requireModern(t)
 
 	guestPing(t, peer)
 	fmt.Println("nethelper: pinged host, 5 replies")
@@ -790,6 +826,21 @@ func TestGuestNetHelper(t *testing.T) {
 	n, err := recvRetry(u, buf)
 	require.NoError(t, err, "no done message from the host")
 	fmt.Printf("nethelper: host says %s\n", buf[:n])
+}
+
+// requireModern fails unless eth0's virtio device runs under the virtio-pci driver
+// with VERSION_1 negotiated (Linux's modern virtio-pci path).
+func requireModern(t *testing.T) {
+	b, err := os.ReadFile(virtioFeatures)
+	require.NoError(t, err)
+	require.True(t, modernFeatures(string(b)), "features %q: no VERSION_1, legacy driver", b)
+	drv, err := os.Readlink("/sys/bus/virtio/devices/virtio0/../driver")
+	require.NoError(t, err)
+	require.Equal(t, "virtio-pci", filepath.Base(drv))
+	dev, err := os.Readlink("/sys/class/net/eth0/device")
+	require.NoError(t, err)
+	require.Equal(t, "virtio0", filepath.Base(dev))
+	fmt.Println("nethelper: modern virtio-pci driver, VERSION_1 negotiated")
 }
 
 // guestPing pings peer until five replies came back (at most 20 tries).
@@ -864,6 +915,7 @@ func guestLinkAndReload(t *testing.T, me, peer [4]byte) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	require.NoError(t, setIPv4("eth0", me))
+	requireModern(t)
 	guestPing(t, peer)
 	fmt.Println("nethelper: traffic resumed after module reload")
 
@@ -1088,7 +1140,7 @@ func TestVmrunNet(t *testing.T) {
 		"-cpus", "2",
 		"-net", "virtio,tap=" + a + ",mac=52:54:00:aa:00:01,queues=2",
 		"-s", "7,virtio-net," + b + ",mac=52:54:00:bb:00:02",
-		"-append", testhost.GuestCmdline("/bin/ptvmm-agent cat /sys/class/net/eth0/address /sys/class/net/eth1/address", mods)}
+		"-append", testhost.GuestCmdline("/bin/ptvmm-agent cat /sys/class/net/eth0/address /sys/class/net/eth1/address "+virtioFeatures+" /sys/bus/virtio/devices/virtio1/features", mods)}
 	ctx, cancel := context.WithTimeout(context.Background(), bootTimeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, args[0], args[1:]...)
@@ -1098,6 +1150,7 @@ func TestVmrunNet(t *testing.T) {
 	for _, mac := range []string{"52:54:00:aa:00:01", "52:54:00:bb:00:02"} {
 		assert.Contains(t, text, mac, "guest did not show NIC %s", mac)
 	}
+	assert.Equal(t, 2, countModern(text), "both NICs negotiate VERSION_1 (modern driver): %s", text)
 	assert.False(t, tap.Exists(a), "vmrun left %s behind", a)
 	assert.False(t, tap.Exists(b), "vmrun left %s behind", b)
 }
