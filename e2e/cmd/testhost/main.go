@@ -21,6 +21,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"time"
 
@@ -35,6 +36,7 @@ type options struct {
 	machine  string
 	mem      int
 	cpus     int
+	retries  int
 }
 
 func main() {
@@ -50,10 +52,11 @@ func main() {
 		mem     = flag.Int("mem", 4096, "test host memory in MiB")
 		cpus    = flag.Int("smp", 2, "test host vCPUs")
 		machine = flag.String("machine", "q35", "test host qemu -machine")
+		retries = flag.Int("retries", 0, "run tests that did not pass again, up to this many times, in a fresh test host (reported as FLAKY when they pass then)")
 	)
 	flag.Parse()
 	start := time.Now()
-	o := options{run: *run, timeout: *timeout, deadline: start.Add(*timeout), machine: *machine, mem: *mem, cpus: *cpus}
+	o := options{run: *run, timeout: *timeout, deadline: start.Add(*timeout), machine: *machine, mem: *mem, cpus: *cpus, retries: *retries}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
 
@@ -185,9 +188,36 @@ func runHost(ctx context.Context, a *testhost.Assets, o options, name string, ar
 }
 
 // runTestBinary boots the test host running one package's test binary and
-// prints go test's summary line for it.
+// prints go test's summary line for it. With o.retries, tests that did not pass
+// (failed, or never reached because the test host died) run again in a fresh test
+// host; a test that passes only then is reported as FLAKY, never silently.
 func runTestBinary(ctx context.Context, a *testhost.Assets, b testhost.TestBinary, o options) int {
 	t := time.Now()
+	res, ok := runTestsOnce(ctx, a, b, o, "")
+	for try := 0; !ok && try < o.retries && res != nil && time.Until(o.deadline) > 2*time.Minute; try++ {
+		failed, skip := splitResults(res)
+		fmt.Printf("testhost: retrying in a fresh test host (failed: %s); the %d tests that passed are skipped\n",
+			strings.Join(failed, ", "), len(skip))
+		skipRE := ""
+		if len(skip) > 0 {
+			skipRE = "^(" + strings.Join(skip, "|") + ")$"
+		}
+		if res, ok = runTestsOnce(ctx, a, b, o, skipRE); ok {
+			fmt.Printf("testhost: FLAKY: %s failed on the first run and passed on the retry\n", strings.Join(failed, ", "))
+		}
+	}
+	el := time.Since(t).Seconds()
+	if !ok {
+		fmt.Printf("FAIL\t%s\t%.3fs\n", b.Pkg, el)
+		return 1
+	}
+	fmt.Printf("ok  \t%s\t%.3fs\n", b.Pkg, el)
+	return 0
+}
+
+// runTestsOnce boots one test host for the binary; ok means every test it ran
+// passed or skipped and the binary exited 0.
+func runTestsOnce(ctx context.Context, a *testhost.Assets, b testhost.TestBinary, o options, skip string) (*testhost.Result, bool) {
 	// Leave the binary a minute less than qemu so it reports its own timeout.
 	inner := time.Until(o.deadline) - time.Minute
 	if inner < time.Minute {
@@ -196,6 +226,9 @@ func runTestBinary(ctx context.Context, a *testhost.Assets, b testhost.TestBinar
 	command := fmt.Sprintf("%s -test.v -test.timeout=%s", b.GuestPath(), inner.Round(time.Second))
 	if o.run != "" {
 		command += " " + shellJoin([]string{"-test.run=" + o.run})
+	}
+	if skip != "" {
+		command += " " + shellJoin([]string{"-test.skip=" + skip})
 	}
 	res, ok := boot(ctx, a, command, o, b)
 	printSummary(res)
@@ -213,13 +246,26 @@ func runTestBinary(ctx context.Context, a *testhost.Assets, b testhost.TestBinar
 			ok = false
 		}
 	}
-	el := time.Since(t).Seconds()
-	if !ok {
-		fmt.Printf("FAIL\t%s\t%.3fs\n", b.Pkg, el)
-		return 1
+	return res, ok
+}
+
+// splitResults lists the top-level tests that failed and those that passed or
+// skipped (to skip on a retry). Tests never reached are in neither list.
+func splitResults(res *testhost.Result) (failed, done []string) {
+	for _, tr := range res.Tests {
+		if strings.Contains(tr.Name, "/") {
+			continue
+		}
+		if tr.Status == "FAIL" {
+			failed = append(failed, tr.Name)
+		} else {
+			done = append(done, regexp.QuoteMeta(tr.Name))
+		}
 	}
-	fmt.Printf("ok  \t%s\t%.3fs\n", b.Pkg, el)
-	return 0
+	if len(failed) == 0 {
+		failed = []string{"(none reported: the test host stopped early)"}
+	}
+	return failed, done
 }
 
 // boot packs the test host for command and runs it; ok is false when the
