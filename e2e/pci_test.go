@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"context"
 	"encoding/binary"
 	"fmt"
 	"os"
@@ -83,29 +82,16 @@ func TestPCIGuest(t *testing.T) {
 	go h.run()
 	defer h.close()
 
-	c := &console{start: time.Now()}
-	pr, pw, err := os.Pipe()
-	require.NoError(t, err)
-	done := make(chan struct{})
-	go func() { c.feed(pr); close(done) }()
-	watch := vmm.NewAgentWatcher(pw)
-	vm, err := vmm.New(vmm.Config{
+	g := newLibGuest(t, vmm.Config{
 		Kernel:  filepath.Join(dir, testhost.AssetKernelDir, "vmlinuz"),
 		Initrd:  img,
 		Cmdline: testhost.GuestCmdline(pciHelperCmd),
 		MemSize: 512 << 20,
 		// One vCPU: nothing here needs two, and under the QEMU TCG test host every
 		// nested vCPU adds to the chance of hitting its nested-SVM flakes.
-		CPUs:    1,
-		Console: watch,
-		Start:   c.start,
+		CPUs: 1,
 	})
-	if err != nil {
-		pw.Close()
-		<-done
-		require.NoError(t, err)
-	}
-	defer vm.Close()
+	c, watch, vm := g.c, g.watch, g.vm
 	// Devices are closed before the VM: their irqfds live on the VM fd.
 	intx, err := testdev.Add(vm, 0, testdev.Config{})
 	require.NoError(t, err)
@@ -144,13 +130,9 @@ func TestPCIGuest(t *testing.T) {
 		}
 	}()
 
-	ctx, cancel := context.WithTimeout(context.Background(), bootTimeout)
-	defer cancel()
-	runErr := vm.Run(ctx)
+	runErr := g.run()
 	close(stopFire)
 	fireWG.Wait()
-	pw.Close()
-	<-done
 	h.close()
 	elapsed := time.Since(c.start)
 	fail := func() string { return failHint + "last console lines:\n" + c.tail(80) }

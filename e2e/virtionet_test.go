@@ -99,37 +99,20 @@ func bootNIC(t *testing.T, nic vmm.NIC, cmd string) (*console, *vmm.NICDevice) {
 	require.NoError(t, err)
 	mods, err := testhost.GuestModuleArg(k, "virtio-net")
 	require.NoError(t, err)
-	c := &console{start: time.Now()}
-	pr, pw, err := os.Pipe()
-	require.NoError(t, err)
-	done := make(chan struct{})
-	go func() { c.feed(pr); close(done) }()
-	watch := vmm.NewAgentWatcher(pw)
-	vm, err := vmm.New(vmm.Config{
+	g := newLibGuest(t, vmm.Config{
 		Kernel:  filepath.Join(dir, testhost.AssetKernelDir, "vmlinuz"),
 		Initrd:  filepath.Join(dir, testhost.AssetGuestInit),
 		Cmdline: testhost.GuestCmdline(cmd, mods),
 		MemSize: 512 << 20,
 		CPUs:    2,
-		Console: watch,
-		Start:   c.start,
 	})
-	if err != nil {
-		pw.Close()
-		<-done
-		require.NoError(t, err)
-	}
-	defer vm.Close()
-	nd, err := vm.AddNIC(0, nic)
+	c, watch := g.c, g.watch
+	nd, err := g.vm.AddNIC(0, nic)
 	require.NoError(t, err)
 	// The NIC goes before the VM: its doorbells and interrupts live on the VM fd.
 	defer func() { assert.NoError(t, nd.Close()) }()
 
-	ctx, cancel := context.WithTimeout(context.Background(), bootTimeout)
-	defer cancel()
-	runErr := vm.Run(ctx)
-	pw.Close()
-	<-done
+	runErr := g.run()
 	fail := func() string { return failHint + "last console lines:\n" + c.tail(60) }
 	require.NoError(t, runErr, fail())
 	status, ok := watch.ExitStatus()
@@ -228,39 +211,22 @@ const helperCmd = "/bin/nethelper -test.run=^TestGuestNetHelper$ -test.v"
 // (before the guest starts). It returns the console and the NIC's counters.
 func runHelperGuest(t *testing.T, dir, img string, nic vmm.NIC, started func(*vmm.NICDevice), log io.Writer) (*console, virtionet.PairStats) {
 	t.Helper()
-	c := &console{start: time.Now()}
-	pr, pw, err := os.Pipe()
-	require.NoError(t, err)
-	done := make(chan struct{})
-	go func() { c.feed(pr); close(done) }()
-	watch := vmm.NewAgentWatcher(pw)
-	vm, err := vmm.New(vmm.Config{
+	g := newLibGuest(t, vmm.Config{
 		Kernel:  filepath.Join(dir, testhost.AssetKernelDir, "vmlinuz"),
 		Initrd:  img,
 		Cmdline: testhost.GuestCmdline(helperCmd),
 		MemSize: 512 << 20,
 		CPUs:    2,
-		Console: watch,
-		Start:   c.start,
 		Log:     logger(log),
 	})
-	if err != nil {
-		pw.Close()
-		<-done
-		require.NoError(t, err)
-	}
-	defer vm.Close()
-	nd, err := vm.AddNIC(0, nic)
+	c, watch := g.c, g.watch
+	nd, err := g.vm.AddNIC(0, nic)
 	require.NoError(t, err)
 	defer func() { assert.NoError(t, nd.Close()) }()
 	if started != nil {
 		started(nd)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), bootTimeout)
-	defer cancel()
-	runErr := vm.Run(ctx)
-	pw.Close()
-	<-done
+	runErr := g.run()
 	fail := func() string { return failHint + "last console lines:\n" + c.tail(60) }
 	require.NoError(t, runErr, fail())
 	status, ok := watch.ExitStatus()

@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -72,35 +71,16 @@ func TestLinuxBootLibrary(t *testing.T) {
 // returns its console and the agent's exit status.
 func bootLibrary(t *testing.T, dir, cmd string, extra ...string) (*console, int, bool) {
 	t.Helper()
-	c := &console{start: time.Now()}
-	pr, pw, err := os.Pipe()
-	require.NoError(t, err)
-	done := make(chan struct{})
-	go func() { c.feed(pr); close(done) }()
-	watch := vmm.NewAgentWatcher(pw)
-
-	vm, err := vmm.New(vmm.Config{
+	g := newLibGuest(t, vmm.Config{
 		Kernel:  filepath.Join(dir, testhost.AssetKernelDir, "vmlinuz"),
 		Initrd:  filepath.Join(dir, testhost.AssetGuestInit),
 		Cmdline: testhost.GuestCmdline(cmd, extra...),
 		MemSize: 512 << 20,
 		CPUs:    1,
-		Console: watch,
-		Start:   c.start,
 	})
-	if err != nil {
-		pw.Close()
-		<-done
-		require.NoError(t, err)
-	}
-	defer vm.Close()
-
-	ctx, cancel := context.WithTimeout(context.Background(), bootTimeout)
-	defer cancel()
-	runErr := vm.Run(ctx)
-	pw.Close()
-	<-done
-	tm := vm.Timings()
+	c, watch := g.c, g.watch
+	runErr := g.run()
+	tm := g.vm.Timings()
 	t.Logf("inner guest: first vCPU entry %.2fs, agent ready %.2fs, shut down %.2fs after vmm.New",
 		tm.FirstEntry.Seconds(), c.ready.Seconds(), time.Since(c.start).Seconds())
 	if c.ready > 0 {
