@@ -232,34 +232,28 @@ func wrap(op string, q *Queue, err error) error {
 // Readv reads one frame scattered over iovs (typically guest buffers: no copy). It
 // returns 0, nil when nothing is pending.
 func (q *Queue) Readv(iovs [][]byte) (int, error) {
-	q.rdIov = iovecs(q.rdIov, iovs)
-	for {
-		n, err := rwv(unix.SYS_READV, q.fd, q.rdIov)
-		switch {
-		case err == unix.EINTR:
-			continue
-		case err == unix.EAGAIN:
-			return 0, nil
-		case err != nil:
-			return 0, wrap("read", q, err)
-		}
-		return n, nil
-	}
+	return q.vector(unix.SYS_READV, "read", &q.rdIov, iovs)
 }
 
 // Writev writes one frame gathered from iovs. A full device queue (EAGAIN) drops
 // the frame (returns 0, nil), as a NIC does.
 func (q *Queue) Writev(iovs [][]byte) (int, error) {
-	q.wrIov = iovecs(q.wrIov, iovs)
+	return q.vector(unix.SYS_WRITEV, "write", &q.wrIov, iovs)
+}
+
+// vector runs readv or writev on iovs through the caller's iovec scratch,
+// retrying on EINTR; EAGAIN is 0, nil.
+func (q *Queue) vector(trap uintptr, op string, scratch *[]unix.Iovec, iovs [][]byte) (int, error) {
+	*scratch = iovecs(*scratch, iovs)
 	for {
-		n, err := rwv(unix.SYS_WRITEV, q.fd, q.wrIov)
+		n, err := rwv(trap, q.fd, *scratch)
 		switch {
 		case err == unix.EINTR:
 			continue
 		case err == unix.EAGAIN:
 			return 0, nil
 		case err != nil:
-			return 0, wrap("write", q, err)
+			return 0, wrap(op, q, err)
 		}
 		return n, nil
 	}
