@@ -50,6 +50,7 @@ func (v *VM) Run(ctx context.Context) error {
 		<-done
 	}
 	v.uart.Close()
+	v.endErr = verdict(v.endErr, v.resetAsked.Load())
 	t := v.timings
 	v.log.Debug("vm stopped", "first_kvm_run", t.FirstEntry, "first_exit", t.FirstExit, "err", v.endErr)
 	return v.endErr
@@ -159,17 +160,33 @@ func (v *VM) handleExit(c *kvm.VCPU, e kvm.Exit) error {
 	return nil
 }
 
+// errTripleFault marks a crash reported from KVM_EXIT_SHUTDOWN.
+var errTripleFault = errors.New("triple fault")
+
+// verdict is Run's result once every vCPU has stopped. A triple fault on one vCPU
+// can be handled before another vCPU's reset request (an i8042 0xFE exit already
+// taken) is recorded; with every vCPU stopped that request has been seen, and the
+// guest asked to reset before it went down.
+func verdict(endErr error, resetAsked bool) error {
+	if resetAsked && errors.Is(endErr, errTripleFault) {
+		return nil
+	}
+	return endErr
+}
+
 // crash describes a fatal exit with the vCPU's RIP.
 func (v *VM) crash(c *kvm.VCPU, e kvm.Exit) error {
-	what := e.String()
-	if e.Reason == kvm.ExitShutdown {
-		what = "triple fault (KVM_EXIT_SHUTDOWN)"
-	}
 	r, err := c.Regs()
-	if err != nil {
-		return fmt.Errorf("vmm: vCPU %d: guest crashed: %s (RIP unknown: %w)", c.ID, what, err)
+	if e.Reason == kvm.ExitShutdown {
+		if err != nil {
+			return fmt.Errorf("vmm: vCPU %d: guest crashed: %w (KVM_EXIT_SHUTDOWN) (RIP unknown: %v)", c.ID, errTripleFault, err)
+		}
+		return fmt.Errorf("vmm: vCPU %d: guest crashed: %w (KVM_EXIT_SHUTDOWN) at RIP %#x", c.ID, errTripleFault, r.RIP)
 	}
-	return fmt.Errorf("vmm: vCPU %d: guest crashed: %s at RIP %#x", c.ID, what, r.RIP)
+	if err != nil {
+		return fmt.Errorf("vmm: vCPU %d: guest crashed: %s (RIP unknown: %w)", c.ID, e, err)
+	}
+	return fmt.Errorf("vmm: vCPU %d: guest crashed: %s at RIP %#x", c.ID, e, r.RIP)
 }
 
 // maxUnclaimedLogged bounds the addresses remembered for logging: a guest scanning

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"strings"
 	"sync"
@@ -490,4 +491,25 @@ func cpuFlag(flag string) bool {
 	defer f.Close()
 	ok, _ := cpuinfoHasFlag(f, flag)
 	return ok
+}
+
+func TestVerdictForgivesTripleFaultAfterReset(t *testing.T) {
+	crash := fmt.Errorf("vmm: vCPU 1: guest crashed: %w (KVM_EXIT_SHUTDOWN) at RIP 0xfff0", errTripleFault)
+	other := errors.New("vmm: vCPU 0: guest crashed: KVM_EXIT_INTERNAL_ERROR")
+	cases := []struct {
+		name  string
+		err   error
+		reset bool
+		want  error
+	}{
+		{"triple fault after a reset request is a shutdown", crash, true, nil},
+		{"triple fault without one is a crash", crash, false, crash},
+		{"other crashes stay crashes", other, true, other},
+		{"clean stop", nil, false, nil},
+	}
+	for _, c := range cases {
+		if got := verdict(c.err, c.reset); got != c.want {
+			t.Errorf("%s: verdict = %v, want %v", c.name, got, c.want)
+		}
+	}
 }
