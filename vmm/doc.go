@@ -24,8 +24,8 @@
 // uses with reboot=k, or a KVM system event of type shutdown or reset) and when Stop
 // was called; ctx.Err() when the context ended; and an error naming the exit reason
 // and RIP when the guest crashed: a triple fault (KVM_EXIT_SHUTDOWN) is a crash unless
-// the guest had already asked for a reset, as are FAIL_ENTRY, INTERNAL_ERROR and
-// unexpected exits. The VMM never panics or exits on guest behaviour.
+// some vCPU asked for a reset before all of them stopped; so are FAIL_ENTRY,
+// INTERNAL_ERROR and unexpected exits. The VMM never panics or exits on guest behaviour.
 //
 // # Hardware virtualization
 //
