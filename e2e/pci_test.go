@@ -99,7 +99,7 @@ func TestPCIGuest(t *testing.T) {
 	msix, err := testdev.Add(vm, 0, testdev.Config{Vectors: msixVectors})
 	require.NoError(t, err)
 	defer func() { assert.NoError(t, msix.Close()) }()
-	nd, err := vm.AddNIC(0, vmm.NIC{Ports: []backends.Port{&seqPort{fd: fds[0]}}, PortsVnetHdr: true, MAC: guestMAC})
+	nd, err := vm.AddNIC(0, vmm.NIC{Ports: []backends.Port{seqPort(fds[0])}, PortsVnetHdr: true, MAC: guestMAC})
 	require.NoError(t, err)
 	defer func() { assert.NoError(t, nd.Close()) }()
 

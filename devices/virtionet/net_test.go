@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ptvmm/ptvmm/backends"
+	"github.com/ptvmm/ptvmm/backends/seqpacket"
 	"github.com/ptvmm/ptvmm/backends/tap"
 	"github.com/ptvmm/ptvmm/devices/virtio"
 	"github.com/ptvmm/ptvmm/vmm/bus"
@@ -22,47 +23,18 @@ import (
 
 // sockPort is a backend over one end of a SOCK_SEQPACKET socketpair: frame
 // boundaries are kept, the test holds the other end as "the host".
+// sockPort is a seqpacket backend whose writes can be made to fail as a deleted
+// TAP's do.
 type sockPort struct {
-	fd       int
+	*seqpacket.Port
 	failGone bool
 }
 
-func (s *sockPort) Name() string { return "sock" }
-func (s *sockPort) ReadyFD() int { return s.fd }
-func (s *sockPort) Close() error { return unix.Close(s.fd) }
-func (s *sockPort) Send(f [][]byte) (int, error) {
-	for i, b := range f {
-		if _, err := unix.Write(s.fd, b); err != nil {
-			return i, err
-		}
-	}
-	return len(f), nil
-}
-func (s *sockPort) Recv(bufs [][]byte, lens []int) (int, error) {
-	for i := range bufs {
-		n, err := unix.Read(s.fd, bufs[i])
-		if err == unix.EAGAIN {
-			return i, nil
-		}
-		if err != nil {
-			return i, err
-		}
-		lens[i] = n
-	}
-	return len(bufs), nil
-}
-func (s *sockPort) Readv(iovs [][]byte) (int, error) {
-	n, err := unix.Readv(s.fd, iovs)
-	if err == unix.EAGAIN {
-		return 0, nil
-	}
-	return n, err
-}
 func (s *sockPort) Writev(iovs [][]byte) (int, error) {
 	if s.failGone {
 		return 0, fmt.Errorf("test: %w", tap.ErrGone)
 	}
-	return unix.Writev(s.fd, iovs)
+	return s.Port.Writev(iovs)
 }
 
 var _ backends.Port = (*sockPort)(nil)
@@ -120,7 +92,7 @@ func newGuestN(t *testing.T, mtu, pairs int) *guest {
 		require.NoError(t, err)
 		g.hosts = append(g.hosts, fds[1])
 		t.Cleanup(func() { unix.Close(fds[1]) })
-		p := &sockPort{fd: fds[0]}
+		p := &sockPort{Port: seqpacket.New(fds[0], "sock")}
 		if i == 0 {
 			g.port = p
 		}
