@@ -192,9 +192,9 @@ func (w *Worker) run() {
 	var err error
 	switch w.cfg.Mode {
 	case Block:
-		err = w.runBlock(events)
+		err = w.runWait(events, -1)
 	case Poll:
-		err = w.runPoll(events)
+		err = w.runWait(events, 0)
 	case Adaptive:
 		err = w.runAdaptive(events)
 	}
@@ -234,25 +234,13 @@ func (w *Worker) poll() bool {
 	return w.cfg.Poll != nil && w.cfg.Poll()
 }
 
-func (w *Worker) runBlock(events []unix.EpollEvent) error {
+// runWait waits in epoll with timeout: -1 blocks (counted in blocks), 0 busy-polls.
+func (w *Worker) runWait(events []unix.EpollEvent, timeout int) error {
 	for {
-		w.blocks.Add(1)
-		work, stop, err := w.drain(events, -1)
-		if err != nil || stop {
-			return err
+		if timeout < 0 {
+			w.blocks.Add(1)
 		}
-		if w.poll() {
-			work = true
-		}
-		if work {
-			w.wakeups.Add(1)
-		}
-	}
-}
-
-func (w *Worker) runPoll(events []unix.EpollEvent) error {
-	for {
-		work, stop, err := w.drain(events, 0)
+		work, stop, err := w.drain(events, timeout)
 		if err != nil || stop {
 			return err
 		}
