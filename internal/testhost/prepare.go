@@ -229,7 +229,9 @@ func exists(p string) bool {
 // no_timer_check: on a loaded host TCG can miss the kernel's IO-APIC timer
 // probe, which then panics with "IO-APIC + timer doesn't work!".
 func Cmdline() string {
-	return "console=ttyS0 quiet panic=-1 reboot=k no_timer_check " + CmdlineMarker
+	// oops=panic: a test host kernel that oopses is not trusted to finish;
+	// with panic=-1 and qemu's -no-reboot it ends at once and the runner retries.
+	return "console=ttyS0 quiet panic=-1 oops=panic reboot=k no_timer_check " + CmdlineMarker
 }
 
 // GuestLogEnv, when set in the environment of the e2e tests, keeps the

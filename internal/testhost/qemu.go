@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -17,25 +18,35 @@ import (
 
 // Config describes one test host boot.
 type Config struct {
-	QEMU      string        // binary; default qemu-system-x86_64
-	Kernel    string        // bzImage
-	Initrd    string        // initramfs with the agent as /init
-	Append    string        // kernel command line
-	Machine   string        // qemu -machine; default q35
-	MemMB     int           // default 4096
-	CPUs      int           // default 2
-	Timeout   time.Duration // hard limit for the whole boot; default 10 minutes
-	Console   io.Writer     // receives every console line as it arrives; may be nil
-	ExtraArgs []string      // appended to the qemu command line
+	QEMU    string        // binary; default qemu-system-x86_64
+	Kernel  string        // bzImage
+	Initrd  string        // initramfs with the agent as /init
+	Append  string        // kernel command line
+	Machine string        // qemu -machine; default q35
+	MemMB   int           // default 4096
+	CPUs    int           // default 2
+	Timeout time.Duration // hard limit for the whole boot; default 10 minutes
+	// Silence kills qemu when its console has printed nothing for this long
+	// (0: no limit). A test host whose own kernel died prints nothing more,
+	// and waiting for Timeout would leave no time to retry.
+	Silence time.Duration
+	// SingleThread runs all test host vCPUs on one TCG thread
+	// (-accel tcg,thread=single) instead of one thread each.
+	SingleThread bool
+	Console      io.Writer // receives every console line as it arrives; may be nil
+	ExtraArgs    []string  // appended to the qemu command line
 }
 
 // Result is what one boot showed on its console.
 type Result struct {
 	Ready      time.Duration // qemu start to the agent's ready line; 0 if never seen
+	Silent     bool          // killed by Config.Silence
 	Elapsed    time.Duration // qemu start to exit
 	ExitStatus int           // the agent's command status; -1 if never reported
 	Tests      []TestResult
 	Tail       []string // the last console lines
+
+	mu sync.Mutex // guards Silent while Boot runs
 }
 
 // TailLines is how many console lines a Result keeps.
@@ -54,9 +65,13 @@ func (cfg Config) Args() []string {
 	if machine == "" {
 		machine = "q35"
 	}
+	thread := "multi"
+	if cfg.SingleThread {
+		thread = "single"
+	}
 	args := []string{
 		"-nodefaults", "-no-user-config", "-display", "none",
-		"-machine", machine, "-accel", "tcg,thread=multi,tb-size=512", "-cpu", "max",
+		"-machine", machine, "-accel", "tcg,thread=" + thread + ",tb-size=512", "-cpu", "max",
 		"-m", strconv.Itoa(mem), "-smp", strconv.Itoa(cpus),
 		"-chardev", "stdio,id=con,signal=off", "-serial", "chardev:con",
 		"-no-reboot",
@@ -100,11 +115,21 @@ func Boot(ctx context.Context, cfg Config) (*Result, error) {
 		return nil, fmt.Errorf("testhost: start %s: %w", bin, err)
 	}
 	res := &Result{ExitStatus: -1}
-	res.scan(out, start, cfg.Console) // until stdout closes: qemu exited or was killed
+	var lines chan struct{}
+	if cfg.Silence > 0 {
+		lines = make(chan struct{}, 1)
+		done := make(chan struct{})
+		defer close(done)
+		go res.watch(lines, done, cfg.Silence, cancel)
+	}
+	res.scan(out, start, cfg.Console, lines) // until stdout closes: qemu exited or was killed
 	werr := cmd.Wait()
 	res.Elapsed = time.Since(start)
 
 	switch {
+	case res.silent():
+		return res, fmt.Errorf("testhost: the test host printed nothing for %s; qemu killed; last console lines:\n%s",
+			cfg.Silence, res.tail())
 	case ctx.Err() != nil:
 		why := "timed out after " + timeout.String()
 		if errors.Is(ctx.Err(), context.Canceled) {
@@ -118,10 +143,42 @@ func Boot(ctx context.Context, cfg Config) (*Result, error) {
 	return res, nil
 }
 
-func (r *Result) scan(out io.Reader, start time.Time, console io.Writer) {
+// watch calls kill when no line arrives on lines for silence.
+func (r *Result) watch(lines <-chan struct{}, done <-chan struct{}, silence time.Duration, kill func()) {
+	t := time.NewTimer(silence)
+	defer t.Stop()
+	for {
+		select {
+		case <-lines:
+			t.Reset(silence)
+		case <-done:
+			return
+		case <-t.C:
+			r.mu.Lock()
+			r.Silent = true
+			r.mu.Unlock()
+			kill()
+			return
+		}
+	}
+}
+
+func (r *Result) silent() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.Silent
+}
+
+func (r *Result) scan(out io.Reader, start time.Time, console io.Writer, lines chan<- struct{}) {
 	br := bufio.NewReaderSize(out, 64<<10)
 	for {
 		line, err := br.ReadString('\n')
+		if line != "" && lines != nil {
+			select {
+			case lines <- struct{}{}:
+			default:
+			}
+		}
 		if line != "" {
 			line = strings.TrimRight(line, "\r\n")
 			r.line(line, time.Since(start))

@@ -65,3 +65,30 @@ func TestBootNoQEMU(t *testing.T) {
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "apt-get install qemu-system-x86")
 }
+
+// A test host that stops printing is killed after Config.Silence, long
+// before Timeout, so a retry still has time.
+func TestBootSilenceKills(t *testing.T) {
+	q := fakeQEMU(t, `echo 'ptvmm-agent: ready'; echo 'last words'; exec sleep 600`)
+	start := time.Now()
+	res, err := Boot(context.Background(), Config{QEMU: q, Timeout: 10 * time.Minute, Silence: 300 * time.Millisecond})
+	require.Error(t, err)
+	assert.Less(t, time.Since(start), time.Minute)
+	assert.True(t, res.Silent)
+	assert.Contains(t, err.Error(), "printed nothing")
+	assert.Contains(t, err.Error(), "last words")
+}
+
+// Steady output keeps the watchdog quiet.
+func TestBootSilenceResets(t *testing.T) {
+	q := fakeQEMU(t, `for i in 1 2 3 4 5 6; do echo tick; sleep 0.1; done; echo 'ptvmm-agent: exit status 0'`)
+	res, err := Boot(context.Background(), Config{QEMU: q, Timeout: time.Minute, Silence: 400 * time.Millisecond})
+	require.NoError(t, err)
+	assert.False(t, res.Silent)
+	assert.Equal(t, 0, res.ExitStatus)
+}
+
+func TestConfigArgsSingleThread(t *testing.T) {
+	assert.Contains(t, strings.Join(Config{SingleThread: true}.Args(), " "), "tcg,thread=single")
+	assert.Contains(t, strings.Join(Config{}.Args(), " "), "tcg,thread=multi")
+}

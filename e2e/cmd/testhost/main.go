@@ -37,6 +37,8 @@ type options struct {
 	mem      int
 	cpus     int
 	retries  int
+	silence  time.Duration
+	single   bool
 }
 
 func main() {
@@ -53,10 +55,13 @@ func main() {
 		cpus    = flag.Int("smp", 2, "test host vCPUs")
 		machine = flag.String("machine", "q35", "test host qemu -machine")
 		retries = flag.Int("retries", 0, "run tests that did not pass again, up to this many times, in a fresh test host (reported as FLAKY when they pass then)")
+		silence = flag.Duration("silence", 150*time.Second, "kill the test host when its console is silent this long (0: never)")
+		single  = flag.Bool("tcg-single", false, "run the test host's vCPUs on one TCG thread (-accel tcg,thread=single)")
 	)
 	flag.Parse()
 	start := time.Now()
-	o := options{run: *run, timeout: *timeout, deadline: start.Add(*timeout), machine: *machine, mem: *mem, cpus: *cpus, retries: *retries}
+	o := options{run: *run, timeout: *timeout, deadline: start.Add(*timeout), machine: *machine, mem: *mem, cpus: *cpus, retries: *retries,
+		silence: *silence, single: *single}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
 
@@ -284,14 +289,16 @@ func boot(ctx context.Context, a *testhost.Assets, command string, o options, te
 		return nil, false
 	}
 	cfg := testhost.Config{
-		Kernel:  a.Kernel.Vmlinuz(),
-		Initrd:  initrd,
-		Append:  testhost.Cmdline(),
-		Machine: o.machine,
-		MemMB:   o.mem,
-		CPUs:    o.cpus,
-		Timeout: remaining,
-		Console: os.Stdout,
+		Kernel:       a.Kernel.Vmlinuz(),
+		Initrd:       initrd,
+		Append:       testhost.Cmdline(),
+		Machine:      o.machine,
+		MemMB:        o.mem,
+		CPUs:         o.cpus,
+		Timeout:      remaining,
+		Silence:      o.silence,
+		SingleThread: o.single,
+		Console:      os.Stdout,
 	}
 	fmt.Printf("testhost: booting qemu-system-x86_64 %s\n", strings.Join(cfg.Args(), " "))
 	res, err := testhost.Boot(ctx, cfg)
