@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Build guest/kmod (ptvmm_testdev.ko, the MSI-X driver for the PCI test
+# device) against the headers of the kernel `scripts/kernel.sh` provisioned,
+# into .cache/kernel/modules/ (or $PTVMM_KERNEL_DIR/modules/).
+# Needs Debian's linux-headers-<version> package. As root (or in CI with
+# passwordless sudo) it installs that package; otherwise it says which
+# package to install and exits 0, and the test that needs the module skips.
+# Idempotent: does nothing when the module is newer than its sources and
+# built for the cached kernel.
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+dest=${PTVMM_KERNEL_DIR:-$root/.cache/kernel}
+src=$root/guest/kmod
+name=ptvmm_testdev
+ko=$dest/modules/$name.ko
+
+[[ -s $dest/VERSION ]] || { echo "kmod: no kernel in ${dest#"$root"/}; run scripts/kernel.sh first" >&2; exit 1; }
+version=$(tr -d '[:space:]' <"$dest/VERSION")
+
+# The version a module was built for, from its .modinfo strings.
+vermagic() { tr '\0' '\n' <"$1" | sed -n 's/^vermagic=\([^ ]*\).*/\1/p' | head -n1; }
+
+uptodate() {
+	[[ -s $ko && $(vermagic "$ko") == "$version" ]] || return 1
+	local f
+	for f in "$src"/*; do
+		[[ $f -nt $ko ]] && return 1
+	done
+	return 0
+}
+if uptodate; then
+	echo "kmod: $name.ko for $version already in ${dest#"$root"/}/modules"
+	exit 0
+fi
+
+pkg=linux-headers-$version
+headers() {
+	local d
+	for d in "/lib/modules/$version/build" "/usr/src/$pkg"; do
+		[[ -f $d/Makefile ]] && { echo "$d"; return 0; }
+	done
+	return 1
+}
+
+if ! kdir=$(headers); then
+	sudo=
+	if [[ $(id -u) != 0 ]]; then
+		# Only CI may use sudo unasked; a developer installs by hand.
+		if [[ ${CI:-} == true ]] && sudo -n true 2>/dev/null; then sudo="sudo -n"; else sudo=no; fi
+	fi
+	if [[ $sudo == no ]] || ! command -v apt-get >/dev/null; then
+		echo "kmod: $name.ko not built: install $pkg (apt-get install --no-install-recommends $pkg), then run make kernel"
+		exit 0
+	fi
+	echo "kmod: installing $pkg"
+	export DEBIAN_FRONTEND=noninteractive
+	if ! $sudo apt-get install -y -qq --no-install-recommends "$pkg" </dev/null; then
+		$sudo apt-get update -qq </dev/null
+		$sudo apt-get install -y -qq --no-install-recommends "$pkg" </dev/null
+	fi
+	kdir=$(headers) || { echo "kmod: $pkg installed but no kernel build directory found" >&2; exit 1; }
+fi
+
+# Build in a copy: kbuild writes its objects next to the sources.
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+cp "$src"/Kbuild "$src"/*.c "$work"/
+# Without the kernel's vmlinux kbuild skips BTF for the module and says so.
+make -s -C "$kdir" M="$work" modules 2>&1 | { grep -v '^Skipping BTF generation' || true; }
+# Debian strips its modules too; the debug info would only bloat the guest image.
+strip --strip-debug "$work/$name.ko"
+got=$(vermagic "$work/$name.ko")
+[[ $got == "$version" ]] || { echo "kmod: built for $got, expected $version" >&2; exit 1; }
+mkdir -p "$dest/modules"
+cp "$work/$name.ko" "$ko.new"
+mv "$ko.new" "$ko"
+echo "kmod: $name.ko for $version in ${dest#"$root"/}/modules"
