@@ -16,9 +16,11 @@ all: build
 build:
 	$(GO) build ./...
 
-# Debian's cloud kernel and the modules the tests load, into .cache/kernel.
+# Debian's cloud kernel and the modules the tests load, into .cache/kernel;
+# then our guest module (guest/kmod), built against the kernel's headers.
 kernel:
 	scripts/kernel.sh
+	scripts/kmod.sh
 
 # Unit tests; the KVM tests among them run when /dev/kvm is usable.
 unit:

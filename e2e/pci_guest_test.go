@@ -14,12 +14,15 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ptvmm/ptvmm/devices/testdev"
+	"github.com/ptvmm/ptvmm/internal/testhost"
 )
 
 const (
 	sysPCI         = "/sys/bus/pci/devices"
 	uioWait        = 10 * time.Second // one interrupt's arrival
 	pciCmdIntxMask = 1 << 10          // PCI_COMMAND_INTX_DISABLE
+	// kmodGuestPath is where pciInitramfs puts our MSI-X driver when it was built.
+	kmodGuestPath = "/lib/modules/ptvmm/" + testhost.TestdevKmod + ".ko"
 )
 
 // TestGuestPCIHelper runs inside TestPCIGuest's guest (only there). Every wait is
@@ -29,7 +32,7 @@ func TestGuestPCIHelper(t *testing.T) {
 	if os.Getenv(pciHelperEnv) == "" {
 		t.Skip("runs only inside the guest of TestPCIGuest")
 	}
-	intxBDF := ""
+	intxBDF, msixBDF := "", ""
 	ents, err := os.ReadDir(sysPCI)
 	require.NoError(t, err)
 	for _, e := range ents {
@@ -47,8 +50,19 @@ func TestGuestPCIHelper(t *testing.T) {
 		if pin == 1 {
 			intxBDF = bdf
 		}
+		if msixTableSize(cfg) > 0 {
+			msixBDF = bdf
+		}
 	}
 	require.NotEmpty(t, intxBDF, "no INTx test device found")
+	require.NotEmpty(t, msixBDF, "no MSI-X test device found")
+	// Before uioTest: once uio_pci_generic has the device ID it would take
+	// the MSI-X device too.
+	if _, err := os.Stat(kmodGuestPath); err == nil {
+		testdevMSIX(t, msixBDF, intxBDF)
+	} else {
+		say("pcihelper: no %s in the guest, MSI-X test device not driven\n", kmodGuestPath)
+	}
 	uioTest(t, intxBDF)
 	msixTraffic(t)
 }
@@ -158,18 +172,32 @@ func (u *uioDev) wait(d time.Duration) int {
 	}
 }
 
-// waitPath waits (bounded) for a path that appears asynchronously.
-func waitPath(t *testing.T, p func() string, what string) string {
+// waitFor polls (bounded) for a condition that becomes true asynchronously.
+func waitFor(t *testing.T, cond func() bool, what string) {
 	deadline := time.Now().Add(10 * time.Second)
 	tick := time.NewTicker(10 * time.Millisecond)
 	defer tick.Stop()
-	for {
-		if s := p(); s != "" {
-			return s
-		}
+	for !cond() {
 		require.True(t, time.Now().Before(deadline), "timed out waiting for %s", what)
 		<-tick.C
 	}
+}
+
+// waitPath waits (bounded) for a path that appears asynchronously.
+func waitPath(t *testing.T, p func() string, what string) string {
+	var s string
+	waitFor(t, func() bool { s = p(); return s != "" }, what)
+	return s
+}
+
+// mapBAR0 maps a test device's registers through its sysfs resource0 file.
+func mapBAR0(t *testing.T, bdf string) []byte {
+	rfd, err := unix.Open(filepath.Join(sysPCI, bdf, "resource0"), unix.O_RDWR|unix.O_SYNC|unix.O_CLOEXEC, 0)
+	require.NoError(t, err)
+	defer unix.Close(rfd) // the mapping outlives the fd
+	regs, err := unix.Mmap(rfd, 0, testdev.BAR0Size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	require.NoError(t, err, "mmap %s resource0", bdf)
+	return regs
 }
 
 func uioTest(t *testing.T, bdf string) {
@@ -198,11 +226,7 @@ func uioTest(t *testing.T, bdf string) {
 	u.cfg, err = unix.Open(filepath.Join(sysPCI, bdf, "config"), unix.O_RDWR|unix.O_CLOEXEC, 0)
 	require.NoError(t, err)
 	defer unix.Close(u.cfg)
-	rfd, err := unix.Open(filepath.Join(sysPCI, bdf, "resource0"), unix.O_RDWR|unix.O_SYNC|unix.O_CLOEXEC, 0)
-	require.NoError(t, err)
-	defer unix.Close(rfd)
-	u.regs, err = unix.Mmap(rfd, 0, testdev.BAR0Size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
-	require.NoError(t, err)
+	u.regs = mapBAR0(t, bdf)
 	defer unix.Munmap(u.regs)
 	require.Equal(t, uint32(testdev.Magic), u.reg(testdev.RegID), "BAR0 ID register through resource0")
 	u.setReg(testdev.RegScratch, 0x5a5aa5a5)
@@ -245,7 +269,13 @@ func uioTest(t *testing.T, bdf string) {
 func irqCount(t *testing.T, irq string) (int, string) {
 	b, err := os.ReadFile("/proc/interrupts")
 	require.NoError(t, err)
-	for _, l := range strings.Split(string(b), "\n") {
+	return interruptLine(string(b), irq)
+}
+
+// interruptLine finds the line naming irq (its last field) in /proc/interrupts
+// text and sums its per-CPU counts; -1 and "" if there is none.
+func interruptLine(text, irq string) (int, string) {
+	for _, l := range strings.Split(text, "\n") {
 		f := strings.Fields(l)
 		if len(f) == 0 || f[len(f)-1] != irq {
 			continue
@@ -280,4 +310,136 @@ func msixTraffic(t *testing.T) {
 	say("pcihelper: %s\n", line)
 	say("pcihelper: virtio0-input.0 before %d after %d\n", before, after)
 	require.Greater(t, after, before, "RX MSI-X vector count did not grow")
+}
+
+// testdevMSIX loads ptvmm_testdev (guest/kmod), which binds the MSI-X test
+// device and requests each of its vectors as ptvmm-testdev-<N>. Vector v is
+// raised v+1 times by the guest (RAISE register) and once by the host (Fire,
+// asked for through SCRATCH); /proc/interrupts must count exactly that. Unloading
+// the module must free the vectors, and its remove() logs the counts the
+// interrupt handler saw, which must agree.
+func testdevMSIX(t *testing.T, bdf, intxBDF string) {
+	taint0 := tainted(t)
+	f, err := os.Open(kmodGuestPath)
+	require.NoError(t, err)
+	err = unix.FinitModule(int(f.Fd()), "", 0)
+	f.Close()
+	require.NoError(t, err, "load %s", kmodGuestPath)
+	// Unsigned and out of tree: the kernel loads it and adds taint flags E and O.
+	say("pcihelper: %s loaded, kernel taint %#x before, %#x after\n", testhost.TestdevKmod, taint0, tainted(t))
+	require.Equal(t, testhost.TestdevKmod, driverOf(bdf), "driver of the MSI-X test device %s", bdf)
+	require.Empty(t, driverOf(intxBDF), "the INTx test device %s must stay unbound", intxBDF)
+
+	regs := mapBAR0(t, bdf)
+	defer unix.Munmap(regs)
+	require.Equal(t, uint32(testdev.Magic), binary.LittleEndian.Uint32(regs[testdev.RegID:]), "BAR0 ID register")
+	n := int(binary.LittleEndian.Uint32(regs[testdev.RegVectors:]))
+	require.Equal(t, msixVectors, n, "VECTORS register")
+	count0 := binary.LittleEndian.Uint32(regs[testdev.RegCount:])
+
+	before := make([]int, n)
+	for v := range n {
+		c, line := irqCount(t, testdevVector(v))
+		require.GreaterOrEqual(t, c, 0, "no %s in /proc/interrupts", testdevVector(v))
+		require.Contains(t, line, "PCI-MSI", "%s is not an MSI-X vector", testdevVector(v))
+		before[v] = c
+	}
+	total := 0
+	for v := range n {
+		for range v + 1 {
+			binary.LittleEndian.PutUint32(regs[testdev.RegRaise:], uint32(v))
+			total++
+		}
+	}
+	// The host fires every vector once, then clears SCRATCH.
+	binary.LittleEndian.PutUint32(regs[testdev.RegScratch:], hostFireRequest)
+	waitFor(t, func() bool { return binary.LittleEndian.Uint32(regs[testdev.RegScratch:]) == 0 },
+		"the host to fire the MSI-X vectors")
+	total += n
+	want := func(v int) int { return before[v] + v + 1 + 1 }
+	var b []byte
+	waitFor(t, func() bool {
+		b, err = os.ReadFile("/proc/interrupts")
+		require.NoError(t, err)
+		for v := range n {
+			if c, _ := interruptLine(string(b), testdevVector(v)); c < want(v) {
+				return false
+			}
+		}
+		return true
+	}, "the MSI-X test device's interrupts")
+	require.Equal(t, count0+uint32(total), binary.LittleEndian.Uint32(regs[testdev.RegCount:]), "device COUNT register")
+	after := make([]int, n)
+	for v := range n {
+		var line string
+		after[v], line = interruptLine(string(b), testdevVector(v))
+		say("pcihelper: %s\n", line)
+	}
+
+	// remove() frees the vectors and logs what the handler counted.
+	require.NoError(t, unix.DeleteModule(testhost.TestdevKmod, unix.O_NONBLOCK), "unload %s", testhost.TestdevKmod)
+	for v := range n {
+		c, line := irqCount(t, testdevVector(v))
+		require.Equal(t, -1, c, "%s still in /proc/interrupts after unload: %s", testdevVector(v), line)
+	}
+	handled := handlerCounts(kernelLog(t), bdf)
+	for v := range n {
+		say("pcihelper: testdev-msix vector %d before %d after %d guest %d host 1 handler %d\n",
+			v, before[v], after[v], v+1, handled[v])
+	}
+	for v := range n {
+		require.Equal(t, want(v), after[v], "%s count", testdevVector(v))
+		h, ok := handled[v]
+		require.True(t, ok, "no handler count logged for vector %d", v)
+		require.Equal(t, after[v], h, "vector %d: handler count vs /proc/interrupts", v)
+	}
+}
+
+// testdevVector is the interrupt name ptvmm_testdev gives vector v.
+func testdevVector(v int) string { return fmt.Sprintf("ptvmm-testdev-%d", v) }
+
+// driverOf is the name of the driver bound to a PCI device ("" if none).
+func driverOf(bdf string) string {
+	l, err := os.Readlink(filepath.Join(sysPCI, bdf, "driver"))
+	if err != nil {
+		return ""
+	}
+	return filepath.Base(l)
+}
+
+// kernelLog reads the kernel's log buffer.
+func kernelLog(t *testing.T) string {
+	n, err := unix.Klogctl(unix.SYSLOG_ACTION_SIZE_BUFFER, nil)
+	require.NoError(t, err)
+	buf := make([]byte, n)
+	n, err = unix.Klogctl(unix.SYSLOG_ACTION_READ_ALL, buf)
+	require.NoError(t, err)
+	return string(buf[:n])
+}
+
+// handlerCounts reads the "vector <v>: <n> interrupts" lines ptvmm_testdev's
+// remove() logs for device bdf; the last line for a vector wins.
+func handlerCounts(klog, bdf string) map[int]int {
+	m := map[int]int{}
+	prefix := testhost.TestdevKmod + " " + bdf + ": vector "
+	for _, l := range strings.Split(klog, "\n") {
+		i := strings.Index(l, prefix)
+		if i < 0 {
+			continue
+		}
+		var v, c int
+		if n, _ := fmt.Sscanf(l[i+len(prefix):], "%d: %d interrupts", &v, &c); n == 2 {
+			m[v] = c
+		}
+	}
+	return m
+}
+
+// tainted reads the kernel's taint flags.
+func tainted(t *testing.T) uint64 {
+	b, err := os.ReadFile("/proc/sys/kernel/tainted")
+	require.NoError(t, err)
+	v, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
+	require.NoError(t, err)
+	return v
 }

@@ -24,7 +24,7 @@ vermagic() { tr '\0' '\n' <"$1" | sed -n 's/^vermagic=\([^ ]*\).*/\1/p' | head -
 uptodate() {
 	[[ -s $ko && $(vermagic "$ko") == "$version" ]] || return 1
 	local f
-	for f in "$src"/*; do
+	for f in "$src"/Kbuild "$src"/*.c; do
 		[[ $f -nt $ko ]] && return 1
 	done
 	return 0

@@ -3,9 +3,11 @@
 //
 // Identity: vendor 0x1af4, device 0x10f0, class 0xff0000 (unassigned). QEMU's PCI ID
 // list (docs/specs/pci-ids.rst) keeps 1af4:10f0..10ff for experimental use without
-// registration, so no shipped device uses it. No Linux driver binds it: virtio_pci
-// matches vendor 0x1af4 but refuses device IDs above 0x107f at probe, so a guest binds
-// it only on request, e.g. uio_pci_generic through its new_id file.
+// registration, so no shipped device uses it. No in-tree Linux driver binds it:
+// virtio_pci matches vendor 0x1af4 but refuses device IDs above 0x107f at probe. A
+// guest binds the INTx flavour on request, e.g. uio_pci_generic through its new_id
+// file (INTx only); the MSI-X flavour is driven by our own module guest/kmod
+// (ptvmm_testdev), which enables all its vectors as ptvmm-testdev-<N>.
 //
 // BAR0 (4 KiB, 32-bit memory, trapped) holds 32-bit registers (aligned dword accesses
 // only; others read as zero and are dropped):

@@ -130,6 +130,21 @@ func Prepare(ctx context.Context, o Options) (*Assets, error) {
 // what it needs with ptvmm.modules= (see GuestModuleArg).
 var GuestModules = []string{"virtio-net", "uio"}
 
+// TestdevKmod is our own guest module (guest/kmod): the MSI-X driver for the
+// PCI test device. `make kernel` builds it into the kernel cache when the
+// kernel's headers package is installed; the inner guest's initramfs carries
+// it under the agent's module directory when it was built.
+const TestdevKmod = "ptvmm_testdev"
+
+// KmodMissing says in one line why module name (see TestdevKmod) is not in
+// the kernel cache, or returns "" when it is there.
+func KmodMissing(k *Kernel, name string) string {
+	if _, err := os.Stat(k.ModulePath(name)); err == nil {
+		return ""
+	}
+	return fmt.Sprintf("%s.ko not built: install linux-headers-%s, then run `make kernel`", name, k.Version)
+}
+
 // GuestModuleArg is the ptvmm.modules= value that loads groups in the inner
 // guest, e.g. GuestModuleArg(k, "virtio-net").
 func GuestModuleArg(k *Kernel, groups ...string) (string, error) {
@@ -140,12 +155,15 @@ func GuestModuleArg(k *Kernel, groups ...string) (string, error) {
 	return "ptvmm.modules=" + strings.Join(mods, ","), nil
 }
 
-// packGuest writes the inner guest's initramfs: the agent as /init and the
-// GuestModules files.
+// packGuest writes the inner guest's initramfs: the agent as /init, the
+// GuestModules files and TestdevKmod if it was built.
 func (a *Assets) packGuest() error {
 	mods, err := a.Kernel.Modules(GuestModules...)
 	if err != nil {
 		return err
+	}
+	if KmodMissing(a.Kernel, TestdevKmod) == "" {
+		mods = append(mods, TestdevKmod)
 	}
 	spec := initramfs.Spec{Init: a.Init}
 	for _, m := range mods {
