@@ -59,7 +59,7 @@ func (cfg Config) Args() []string {
 		mem = 4096
 	}
 	if cpus == 0 {
-		cpus = 2
+		cpus = 1
 	}
 	machine := cfg.Machine
 	if machine == "" {

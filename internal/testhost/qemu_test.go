@@ -54,7 +54,7 @@ func TestBootQEMUFailure(t *testing.T) {
 func TestConfigArgs(t *testing.T) {
 	args := Config{Kernel: "k", Initrd: "i", Append: "a b"}.Args()
 	joined := strings.Join(args, " ")
-	for _, want := range []string{"-accel tcg", "-cpu max", "-m 4096", "-smp 2", "-no-reboot", "-kernel k", "-initrd i", "-nodefaults"} {
+	for _, want := range []string{"-accel tcg", "-cpu max", "-m 4096", "-smp 1", "-no-reboot", "-kernel k", "-initrd i", "-nodefaults"} {
 		assert.Contains(t, joined, want)
 	}
 	assert.Equal(t, "a b", args[len(args)-1], "the command line is one argument")
