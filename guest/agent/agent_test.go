@@ -1,4 +1,4 @@
-package main
+package agent
 
 import (
 	"bytes"
@@ -336,4 +336,14 @@ func FuzzModuleList(f *testing.F) {
 			}
 		}
 	})
+}
+
+func TestInvoked(t *testing.T) {
+	for arg0, want := range map[string]bool{
+		"/init": true, "init": true, "/bin/ptvmm-agent": true, "ptvmm-agent": true,
+		"/bin/echo": true, "uname": true,
+		"vmrun": false, "/usr/local/bin/vmrun": false, "./bin/vmrun": false, "": false, "/": false,
+	} {
+		assert.Equal(t, want, Invoked(arg0), arg0)
+	}
 }

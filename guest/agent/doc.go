@@ -1,5 +1,9 @@
-// Command agent is ptvmm's guest agent: a static binary that a Linux guest
-// runs as /init (PID 1) from an initramfs built by package guest/initramfs.
+// Package agent is ptvmm's guest agent: the program a Linux guest runs as
+// /init (PID 1) from an initramfs built by package guest/initramfs. Main is
+// its entry point. Command guest/agent/cmd/ptvmm-agent builds it as a static
+// binary of its own; cmd/vmrun carries it too, busybox style, and runs Main
+// when Invoked says it was started as /init or as ptvmm-agent, so a static
+// vmrun can pack itself as a guest's /init.
 //
 // As PID 1 it:
 //   - mounts /proc, /sys, /dev, /dev/pts, /dev/shm, /tmp and /run;
@@ -15,7 +19,7 @@
 //   - syncs and ends the VM as ptvmm.shutdown says: reboot (default; an
 //     i8042 reset with reboot=k), poweroff or halt.
 //
-// It never returns from main and survives signals: a failure prints
+// As PID 1, Main never returns and survives signals: a failure prints
 // "ptvmm-agent: error: ..." and still shuts down. The keys, paths and lines
 // are defined in guest/agent/protocol.
 //
@@ -23,4 +27,4 @@
 // need no shell or busybox: ptvmm-agent echo|cat|ls|exit|uname|nproc|sleep|
 // kill|true|false|kvm (see "ptvmm-agent help"). It also dispatches on the
 // name it was run as, so a link named echo to it acts as echo.
-package main
+package agent

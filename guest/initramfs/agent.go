@@ -9,8 +9,8 @@ import (
 	"path/filepath"
 )
 
-// AgentPackage is the import path of the guest agent.
-const AgentPackage = "github.com/ptvmm/ptvmm/guest/agent"
+// AgentPackage is the import path of the standalone guest agent command.
+const AgentPackage = "github.com/ptvmm/ptvmm/guest/agent/cmd/ptvmm-agent"
 
 // BuildAgent compiles the guest agent into a static linux/amd64 binary at
 // outPath with the go command found in PATH. It runs in the module root (see

@@ -33,8 +33,9 @@ type File struct {
 
 // Spec says what goes into an initramfs.
 type Spec struct {
-	// Init is the host path of the agent binary (see BuildAgent). It becomes
-	// /init, and /bin/ptvmm-agent links to it. Required.
+	// Init is the host path of the agent binary (see BuildAgent), or of a
+	// static binary that carries the agent (see agent.Invoked), such as a
+	// static vmrun. It becomes /init, and /bin/ptvmm-agent links to it. Required.
 	Init string
 	// Modules are host paths of kernel modules (.ko, or .ko.xz/.ko.gz/.ko.zst
 	// if the kernel decompresses modules) in load order. Each goes to
