@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -10,7 +9,6 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/ptvmm/ptvmm/guest/initramfs"
 	"github.com/ptvmm/ptvmm/internal/testhost"
 )
 
@@ -52,31 +50,6 @@ func kernelPath(flagValue string) (string, error) {
 		return "", fmt.Errorf("no -kernel given and %s is missing: run `make kernel`", p)
 	}
 	return p, nil
-}
-
-// defaultInitrd is the agent initramfs: the prepared one inside the test host, or
-// one built now (needs the go command; a few seconds).
-func defaultInitrd() (path string, image []byte, err error) {
-	if dir := testhost.AssetsDir(); dir != "" {
-		p := filepath.Join(dir, testhost.AssetGuestInit)
-		if _, err := os.Stat(p); err == nil {
-			return p, nil, nil
-		}
-	}
-	tmp, err := os.MkdirTemp("", "vmrun-")
-	if err != nil {
-		return "", nil, err
-	}
-	defer os.RemoveAll(tmp)
-	agent := filepath.Join(tmp, "agent")
-	if err := initramfs.BuildAgent(agent); err != nil {
-		return "", nil, fmt.Errorf("no -initrd given and building the guest agent failed (give -initrd): %w", err)
-	}
-	var buf bytes.Buffer
-	if err := initramfs.Build(&buf, initramfs.Spec{Init: agent}); err != nil {
-		return "", nil, err
-	}
-	return "", buf.Bytes(), nil
 }
 
 // rawTerminal puts fd in raw mode if it is a terminal and returns how to restore it.

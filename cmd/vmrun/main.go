@@ -4,7 +4,9 @@
 //	      [-net virtio,tap=NAME[,mac=MAC][,queues=N][,mtu=N]] [-s SLOT,virtio-net,TAP]
 //
 // Without -kernel it boots the kernel `make kernel` provisioned; without -initrd, an
-// initramfs holding the ptvmm guest agent as /init. vmrun exits with the status the
+// initramfs holding the ptvmm guest agent as /init: vmrun itself when it is statically
+// linked (started as /init or ptvmm-agent, vmrun is the agent; see guest/agent), else
+// the agent built with the go command. vmrun exits with the status the
 // agent reports ("ptvmm-agent: exit status N"), 0 when the guest shuts down without
 // one, and 1 with a message when the VMM fails or the guest kernel panicked. With a terminal on stdin, the
 // terminal is raw (keys go to the guest); Ctrl-A x quits.
@@ -23,6 +25,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/ptvmm/ptvmm/guest/agent"
 	"github.com/ptvmm/ptvmm/vmm"
 )
 
@@ -32,6 +35,10 @@ const defaultAppend = "console=ttyS0 reboot=k panic=-1 8250.nr_uarts=1 no_timer_
 
 func main() {
 	start := time.Now()
+	// In the guest, a static vmrun packed as /init is the guest agent.
+	if len(os.Args) > 0 && agent.Invoked(os.Args[0]) {
+		agent.Main() // never returns
+	}
 	os.Exit(run(start, os.Args[1:]))
 }
 
@@ -80,7 +87,7 @@ func run(start time.Time, args []string) int {
 	}
 	if *initrd != "" {
 		cfg.Initrd = *initrd
-	} else if cfg.Initrd, cfg.InitrdImage, err = defaultInitrd(); err != nil {
+	} else if cfg.Initrd, cfg.InitrdImage, err = defaultInitrd(log); err != nil {
 		fmt.Fprintf(os.Stderr, "vmrun: %v\n", err)
 		return 1
 	}
