@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -107,11 +108,18 @@ type bootResult struct {
 // lines, if vmrun does not finish within bootTimeout.
 func bootGuest(t *testing.T, dir, guestCmd string) bootResult {
 	t.Helper()
+	return runVMRun(t, testhost.VMRunArgs(filepath.Join(dir, testhost.AssetVMRun), dir, guestCmd), nil)
+}
+
+// runVMRun runs args (args[0] is vmrun) with env (nil: this process's) as
+// bootGuest does.
+func runVMRun(t *testing.T, args, env []string) bootResult {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), bootTimeout)
 	defer cancel()
-	args := testhost.VMRunArgs(filepath.Join(dir, testhost.AssetVMRun), dir, guestCmd)
 	t.Logf("running %s", strings.Join(args, " "))
 	cmd := exec.CommandContext(ctx, args[0], args[1:]...)
+	cmd.Env = env
 	cmd.WaitDelay = 5 * time.Second
 	pr, pw := io.Pipe()
 	cmd.Stdout, cmd.Stderr = pw, pw
@@ -155,4 +163,40 @@ func TestLinuxBoot(t *testing.T) {
 			assert.Equal(t, c.status, res.status, "vmrun exit status; %s", fail())
 		})
 	}
+
+	// Without -initrd and without the prepared initramfs, the static vmrun
+	// packs itself as the guest's /init and is the agent there. No go command
+	// is reachable (none in the test host, an empty PATH here), so this shows
+	// that a lone vmrun binary needs no toolchain.
+	t.Run("self_packed_agent", func(t *testing.T) {
+		version, err := os.ReadFile(filepath.Join(dir, testhost.AssetKernelDir, "VERSION"))
+		require.NoError(t, err)
+		empty := t.TempDir()
+		// AssetsDir prefers $PTVMM_E2E_DIR to the test host's assets; an
+		// empty one holds no prepared initramfs.
+		env := append(withoutEnv(os.Environ(), "PTVMM_E2E_DIR", "PATH"), "PTVMM_E2E_DIR="+empty, "PATH="+empty)
+		args := []string{filepath.Join(dir, testhost.AssetVMRun), "-v",
+			"-kernel", filepath.Join(dir, testhost.AssetKernelDir, "vmlinuz"),
+			"-append", testhost.GuestCmdline("/bin/ptvmm-agent uname -r")}
+		res := runVMRun(t, args, env)
+		out := res.console.text()
+		fail := func() string { return failHint + "last console lines:\n" + res.console.tail(40) }
+		assert.Contains(t, out, "this static vmrun as /init", "vmrun -v does not say it packed itself; %s", fail())
+		require.Contains(t, out, testhost.ReadyLine, fail())
+		assert.True(t, res.console.hasLine(strings.TrimSpace(string(version))), "no uname -r line; %s", fail())
+		assert.Contains(t, out, "ptvmm-agent: exit status 0", fail())
+		assert.Equal(t, 0, res.status, "vmrun exit status; %s", fail())
+	})
+}
+
+// withoutEnv returns env without the entries for keys.
+func withoutEnv(env []string, keys ...string) []string {
+	var out []string
+	for _, kv := range env {
+		k, _, _ := strings.Cut(kv, "=")
+		if !slices.Contains(keys, k) {
+			out = append(out, kv)
+		}
+	}
+	return out
 }
