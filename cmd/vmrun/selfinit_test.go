@@ -168,13 +168,15 @@ func TestVMRunIsAgent(t *testing.T) {
 	out, err := exec.Command(filepath.Join(dir, "ptvmm-agent"), "echo", "hello", "guest").CombinedOutput()
 	require.NoError(t, err, "%s", out)
 	assert.Equal(t, "hello guest\n", string(out))
-	out, err = exec.Command(filepath.Join(dir, "echo"), "by", "name").CombinedOutput()
-	require.NoError(t, err, "%s", out)
-	assert.Equal(t, "by name\n", string(out))
+	// A built-in's name makes it the agent only as the guest's /init.
+	out, err = exec.Command(filepath.Join(dir, "echo"), "-nosuchflag").CombinedOutput()
+	var ee *exec.ExitError
+	require.ErrorAs(t, err, &ee)
+	assert.Equal(t, 2, ee.ExitCode())
+	assert.Contains(t, string(out), "-initrd", "a vmrun named echo on the host is vmrun:\n%s", out)
 
 	// Under its own name it is vmrun.
 	out, err = exec.Command(static, "-nosuchflag").CombinedOutput()
-	var ee *exec.ExitError
 	require.ErrorAs(t, err, &ee)
 	assert.Equal(t, 2, ee.ExitCode())
 	assert.True(t, strings.Contains(string(out), "-initrd"), "vmrun usage expected:\n%s", out)

@@ -21,16 +21,25 @@ func Main() {
 
 // Invoked reports whether a binary that carries the agent was started as the
 // agent, judged by its program name arg0: /init (how the kernel starts the
-// initramfs's init), ptvmm-agent, or a built-in command's name (a link named
-// echo). Such a binary calls Main instead of its own main. The name, not the
-// PID, decides so that a tool run as PID 1 of a container stays itself.
+// initramfs's init), ptvmm-agent, or, for the guest's /init only, a built-in
+// command's name (its links, e.g. /bin/echo). Such a binary calls Main instead
+// of its own main. The name, not the PID, decides so that a tool run as PID 1
+// of a container stays itself; a host binary renamed ls stays itself too.
 func Invoked(arg0 string) bool {
+	exe, err := os.Executable()
+	if err != nil {
+		exe = ""
+	}
+	return invoked(arg0, exe)
+}
+
+func invoked(arg0, exe string) bool {
 	name := baseName(arg0)
 	if name == "init" || name == Name {
 		return true
 	}
 	_, ok := applets[name]
-	return ok
+	return ok && exe == "/init"
 }
 
 // dispatch runs a built-in command named by the program name (a link named

@@ -344,6 +344,10 @@ func TestInvoked(t *testing.T) {
 		"/bin/echo": true, "uname": true,
 		"vmrun": false, "/usr/local/bin/vmrun": false, "./bin/vmrun": false, "": false, "/": false,
 	} {
-		assert.Equal(t, want, Invoked(arg0), arg0)
+		assert.Equal(t, want, invoked(arg0, "/init"), "%s as the guest's /init", arg0)
+	}
+	// On the host only the agent's own names count: a vmrun renamed ls stays vmrun.
+	for arg0, want := range map[string]bool{"ptvmm-agent": true, "init": true, "ls": false, "/usr/bin/echo": false} {
+		assert.Equal(t, want, invoked(arg0, "/usr/local/bin/vmrun"), "%s on the host", arg0)
 	}
 }
