@@ -46,9 +46,15 @@ type Config struct {
 	Mode Mode
 	// Spin bounds adaptive polling after the last work found (DefaultSpin if zero).
 	Spin time.Duration
-	// Handler runs when source src (the index Add returned) was signalled kicks > 0
-	// times since the last call. Required.
+	// Handler runs when source src (the index Add or AddFD returned) fired: for an
+	// eventfd source, kicks > 0 is how often it was signalled since the last call; for
+	// a readiness source (AddFD), kicks is always 1 and means "became readable at
+	// least once since the last call". Required.
 	Handler func(src int, kicks uint64)
+	// Init, if set, runs once before the worker first waits. Work that arrived before
+	// the sources were watched (a kick sent before its eventfd was bound, data that
+	// was already pending on a readiness source) may produce no event: look here.
+	Init func()
 	// Poll, if set, runs every polling iteration (Poll and Adaptive modes) and once after
 	// every wakeup in Block mode; it reports whether it found work without a kick (for
 	// example new slots published by a guest that was told not to kick).
@@ -64,8 +70,9 @@ type Config struct {
 
 // Stats are a Worker's counters. Each is monotonic.
 type Stats struct {
-	Wakeups    uint64 // times the worker found work after waiting (epoll or a poll hit)
-	Kicks      uint64 // sum of eventfd counts read from the sources
+	Wakeups    uint64 // times the worker found work after waiting (a kick, readiness or a poll hit)
+	Kicks      uint64 // sum of eventfd counts read from the Add sources
+	Ready      uint64 // readiness events from the AddFD sources (they carry no count)
 	Interrupts uint64 // interrupts raised through Worker.Raise
 	Blocks     uint64 // times the worker went to sleep in epoll_wait
 }
@@ -73,12 +80,12 @@ type Stats struct {
 // Worker is the host-side equivalent of a netmap kthread: one goroutine locked to its
 // OS thread, waiting on its eventfds and running Config.Handler.
 //
-// Concurrency: Add is called before Start, from one goroutine. Start and Stop are
-// called once each. Stats may be called from any goroutine at any time. Raise is meant
-// for the handler but is safe from any goroutine.
+// Concurrency: Add and AddFD are called before Start, from one goroutine. Start and
+// Stop are called once each. Stats may be called from any goroutine at any time.
+// Raise is meant for the handler but is safe from any goroutine.
 type Worker struct {
 	cfg     Config
-	srcs    []*EventFD
+	srcs    []*EventFD // nil: an AddFD readiness source
 	epfd    int
 	stopfd  *EventFD
 	stopped atomic.Bool
@@ -87,7 +94,7 @@ type Worker struct {
 	err     error
 	once    sync.Once
 
-	wakeups, kicks, interrupts, blocks atomic.Uint64
+	wakeups, kicks, ready, interrupts, blocks atomic.Uint64
 }
 
 // NewWorker validates cfg and creates the epoll instance.
@@ -111,15 +118,15 @@ func NewWorker(cfg Config) (*Worker, error) {
 		return nil, err
 	}
 	w := &Worker{cfg: cfg, epfd: epfd, stopfd: stop, done: make(chan struct{})}
-	if err := w.watch(stop.FD(), -1); err != nil {
+	if err := w.watch(stop.FD(), -1, unix.EPOLLIN); err != nil {
 		w.closeFDs()
 		return nil, err
 	}
 	return w, nil
 }
 
-func (w *Worker) watch(fd int, tag int32) error {
-	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: tag}
+func (w *Worker) watch(fd int, tag int32, events uint32) error {
+	ev := unix.EpollEvent{Events: events, Fd: tag}
 	if err := unix.EpollCtl(w.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
 		return fmt.Errorf("notify: worker %q: epoll add fd %d: %w", w.cfg.Name, fd, err)
 	}
@@ -133,10 +140,35 @@ func (w *Worker) Add(e *EventFD) (int, error) {
 		return 0, fmt.Errorf("notify: worker %q: Add after Start", w.cfg.Name)
 	}
 	idx := len(w.srcs)
-	if err := w.watch(e.FD(), int32(idx)); err != nil {
+	if err := w.watch(e.FD(), int32(idx), unix.EPOLLIN); err != nil {
 		return 0, err
 	}
 	w.srcs = append(w.srcs, e)
+	return idx, nil
+}
+
+// AddFD makes fd an edge-triggered readiness source (EPOLLIN|EPOLLET) of the worker
+// and returns its index for the Handler, which then runs with kicks == 1 after data
+// arrives on fd (arrivals before it gets to run make one call) or fd reports an error
+// or hangup. The worker neither reads nor closes fd; fd must stay open until Stop
+// returns.
+//
+// Edge-triggered means no new event comes for data that was already pending when the
+// Handler last ran: the Handler must consume until EAGAIN, or, if it stops early (no
+// room for the data), remember that and resume when something else wakes it.
+// Readiness at the time of AddFD may or may not be reported; use Config.Init.
+func (w *Worker) AddFD(fd int) (int, error) {
+	if w.started {
+		return 0, fmt.Errorf("notify: worker %q: AddFD after Start", w.cfg.Name)
+	}
+	if fd < 0 {
+		return 0, fmt.Errorf("notify: worker %q: AddFD: invalid descriptor %d", w.cfg.Name, fd)
+	}
+	idx := len(w.srcs)
+	if err := w.watch(fd, int32(idx), unix.EPOLLIN|unix.EPOLLET); err != nil {
+		return 0, err
+	}
+	w.srcs = append(w.srcs, nil)
 	return idx, nil
 }
 
@@ -170,6 +202,7 @@ func (w *Worker) Stats() Stats {
 	return Stats{
 		Wakeups:    w.wakeups.Load(),
 		Kicks:      w.kicks.Load(),
+		Ready:      w.ready.Load(),
 		Interrupts: w.interrupts.Load(),
 		Blocks:     w.blocks.Load(),
 	}
@@ -189,6 +222,9 @@ func (w *Worker) run() {
 	defer runtime.UnlockOSThread()
 	defer close(w.done)
 	events := make([]unix.EpollEvent, len(w.srcs)+1)
+	if w.cfg.Init != nil {
+		w.cfg.Init()
+	}
 	var err error
 	switch w.cfg.Mode {
 	case Block:
@@ -202,7 +238,8 @@ func (w *Worker) run() {
 }
 
 // drain waits up to timeout ms (0: don't wait, -1: forever) and handles every source that
-// fired. It reports whether any kick was found and whether stop was requested.
+// fired. It reports whether any kick or readiness was found and whether stop was
+// requested.
 func (w *Worker) drain(events []unix.EpollEvent, timeout int) (work, stop bool, err error) {
 	n, err := unix.EpollWait(w.epfd, events, timeout)
 	if err == unix.EINTR {
@@ -216,7 +253,14 @@ func (w *Worker) drain(events []unix.EpollEvent, timeout int) (work, stop bool, 
 			stop = true
 			continue
 		}
-		k, err := w.srcs[ev.Fd].Read()
+		src := w.srcs[ev.Fd]
+		if src == nil {
+			work = true
+			w.ready.Add(1)
+			w.cfg.Handler(int(ev.Fd), 1)
+			continue
+		}
+		k, err := src.Read()
 		if err != nil {
 			return work, true, fmt.Errorf("notify: worker %q: source %d: %w", w.cfg.Name, ev.Fd, err)
 		}
