@@ -60,7 +60,7 @@ func ringBase(q int) uint64 { return 0x1000 * uint64(q+1) }
 // guest is a virtio-net driver over fake memory talking to the device through the
 // PCI transport's modern registers.
 type guest struct {
-	t        *testing.T
+	t        testing.TB
 	ram      []byte
 	mmio     *bus.Bus
 	bar4     uint64
@@ -80,9 +80,10 @@ type guest struct {
 	logMu    sync.Mutex
 }
 
-func newGuest(t *testing.T, mtu int) *guest { return newGuestN(t, mtu, 1) }
+func newGuest(t testing.TB, mtu int) *guest { return newGuestN(t, mtu, 1) }
 
-func newGuestN(t *testing.T, mtu, pairs int) *guest {
+// newGuestN builds a device with pairs queue pairs; opts adjust its Config.
+func newGuestN(t testing.TB, mtu, pairs int, opts ...func(*Config)) *guest {
 	g := &guest{t: t, ram: make([]byte, ramSize), irq: &irqLine{ch: make(chan struct{}, 1)}, bufNext: bufBase, pairs: pairs}
 	mem, err := memory.FromBytes([]memory.Region{{Range: memory.Range{GPA: 0, Size: ramSize}, Host: g.ram, FD: -1}})
 	require.NoError(t, err)
@@ -99,7 +100,11 @@ func newGuestN(t *testing.T, mtu, pairs int) *guest {
 		ports = append(ports, p)
 	}
 	g.host = g.hosts[0]
-	g.dev, err = New(Config{MAC: [6]byte{0x52, 0x54, 0, 0x12, 0x34, 0x56}, Ports: ports, VnetHdr: true, MTU: mtu, QueueSize: qsize, Logf: g.logf})
+	cfg := Config{MAC: [6]byte{0x52, 0x54, 0, 0x12, 0x34, 0x56}, Ports: ports, VnetHdr: true, MTU: mtu, QueueSize: qsize, Logf: g.logf}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	g.dev, err = New(cfg)
 	require.NoError(t, err)
 	g.mmio = bus.New("mmio")
 	root, err := pci.NewRoot(pci.Config{PIO: bus.New("pio"), MMIO: g.mmio, Reserved: []memory.Range{{GPA: 0, Size: ramSize}}})

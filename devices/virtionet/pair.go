@@ -5,8 +5,6 @@ import (
 	"errors"
 	"fmt"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/ptvmm/ptvmm/backends"
 	"github.com/ptvmm/ptvmm/backends/tap"
 	"github.com/ptvmm/ptvmm/devices/virtio"
@@ -32,9 +30,7 @@ type pair struct {
 	maxFrame int // largest frame (header included) the backend may hand us
 	st       *pairCounters
 
-	worker  *notify.Worker
-	ready   *notify.EventFD // signalled by the watcher when the port is readable
-	watcher *watcher
+	worker *notify.Worker
 
 	chains   []virtio.Chain
 	iovs     [][]byte
@@ -43,9 +39,11 @@ type pair struct {
 	stashLen int
 
 	// rxReady: the port signalled readability and has not returned "nothing
-	// pending" since, so a receive attempt is worth a syscall.
+	// pending" since, so a receive attempt is worth a syscall. The port's fd is
+	// watched edge-triggered, so it stays set when RX stops for lack of guest
+	// buffers: the RX queue's kick then resumes draining.
 	rxReady    bool
-	readySrc   int
+	readySrc   int // the worker's source index of the port fd; -1: none
 	alwaysRead bool
 }
 
@@ -66,12 +64,12 @@ func newPair(d *Device, i int, rx, tx *virtio.QueueHandle, features uint64, hl i
 
 func (p *pair) start() error {
 	var err error
-	if p.ready, err = notify.NewEventFD(); err != nil {
-		return err
-	}
 	p.worker, err = notify.NewWorker(notify.Config{
 		Name: fmt.Sprintf("virtionet-%d", p.idx),
 		Mode: p.d.cfg.Mode,
+		// Look at everything once: the driver may have filled the queues before its
+		// kicks were bound, and frames may be waiting on the port already.
+		Init: p.first,
 		Handler: func(src int, _ uint64) {
 			if src == p.readySrc {
 				p.rxReady = true
@@ -83,49 +81,45 @@ func (p *pair) start() error {
 		Disarm: p.disarm,
 	})
 	if err != nil {
-		p.ready.Close()
 		return err
 	}
-	srcs := []*notify.EventFD{p.ready}
-	srcs = append(srcs, p.rx.Kicks...)
+	srcs := append([]*notify.EventFD(nil), p.rx.Kicks...)
 	srcs = append(srcs, p.tx.Kicks...)
 	if p.ctrl != nil {
 		srcs = append(srcs, p.ctrl.Kicks...)
 	}
-	for i, s := range srcs {
-		idx, err := p.worker.Add(s)
-		if err != nil {
+	for _, s := range srcs {
+		if _, err := p.worker.Add(s); err != nil {
 			p.worker.Stop()
-			p.ready.Close()
 			return err
-		}
-		if i == 0 {
-			p.readySrc = idx
 		}
 	}
-	// Without a readiness fd the port must be polled on every wakeup.
+	// The worker waits on the port itself; without a readiness fd the port must be
+	// polled on every wakeup.
+	p.readySrc = -1
 	p.alwaysRead = p.port.ReadyFD() < 0
 	if fd := p.port.ReadyFD(); fd >= 0 {
-		if p.watcher, err = newWatcher(fd, p.ready); err != nil {
+		if p.readySrc, err = p.worker.AddFD(fd); err != nil {
 			p.worker.Stop()
-			p.ready.Close()
-			return err
+			return fmt.Errorf("virtionet: port %s: %w", p.port.Name(), err)
 		}
 	}
 	// Arm both queues before the first wait so that no kick is missed.
 	p.rx.EnableNotify()
 	p.tx.EnableNotify()
 	p.worker.Start()
-	_ = p.ready.Signal() // look at the queues once: the driver may have filled them already
 	return nil
 }
 
+// first is the worker's initial pass: an edge-triggered port reports nothing for
+// frames that were pending before it was watched, so try to receive.
+func (p *pair) first() {
+	p.rxReady = true
+	p.service()
+}
+
 func (p *pair) stop() {
-	if p.watcher != nil {
-		p.watcher.stop()
-	}
 	p.worker.Stop()
-	p.ready.Close()
 }
 
 // service runs after every wakeup: the control queue, then both directions until
@@ -476,66 +470,4 @@ func (p *pair) read(iovs [][]byte, room uint64) (int, error) {
 	total := min(hl+lens[0], int(room))
 	poke(iovs, 0, buf[:total])
 	return total, nil
-}
-
-// watcher turns the port's readability into a signal on an eventfd the worker waits
-// on (edge-triggered: one signal per arrival burst, none while the worker lags).
-type watcher struct {
-	epfd   int
-	stopFD *notify.EventFD
-	done   chan struct{}
-}
-
-func newWatcher(fd int, signal *notify.EventFD) (*watcher, error) {
-	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
-	if err != nil {
-		return nil, fmt.Errorf("virtionet: epoll: %w", err)
-	}
-	stop, err := notify.NewEventFD()
-	if err != nil {
-		unix.Close(epfd)
-		return nil, err
-	}
-	w := &watcher{epfd: epfd, stopFD: stop, done: make(chan struct{})}
-	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, fd, &unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLET, Fd: 0}); err != nil {
-		w.close()
-		return nil, fmt.Errorf("virtionet: watch port fd %d: %w", fd, err)
-	}
-	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, stop.FD(), &unix.EpollEvent{Events: unix.EPOLLIN, Fd: 1}); err != nil {
-		w.close()
-		return nil, fmt.Errorf("virtionet: watch stop fd: %w", err)
-	}
-	go w.run(signal)
-	return w, nil
-}
-
-func (w *watcher) run(signal *notify.EventFD) {
-	defer close(w.done)
-	ev := make([]unix.EpollEvent, 2)
-	for {
-		n, err := unix.EpollWait(w.epfd, ev, -1)
-		if err == unix.EINTR {
-			continue
-		}
-		if err != nil {
-			return
-		}
-		for _, e := range ev[:n] {
-			if e.Fd == 1 {
-				return
-			}
-			_ = signal.Signal()
-		}
-	}
-}
-
-func (w *watcher) stop() {
-	_ = w.stopFD.Signal()
-	<-w.done
-	w.close()
-}
-
-func (w *watcher) close() {
-	unix.Close(w.epfd)
-	w.stopFD.Close()
 }
