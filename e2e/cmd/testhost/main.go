@@ -38,7 +38,9 @@ type options struct {
 	cpus     int
 	retries  int
 	silence  time.Duration
-	single   bool
+	// testTimeout caps one test binary's -test.timeout in the test host.
+	testTimeout time.Duration
+	single      bool
 }
 
 func main() {
@@ -56,12 +58,13 @@ func main() {
 		machine = flag.String("machine", "q35", "test host qemu -machine")
 		retries = flag.Int("retries", 0, "run tests that did not pass again, up to this many times, in a fresh test host (reported as FLAKY when they pass then)")
 		silence = flag.Duration("silence", 150*time.Second, "kill the test host when its console is silent this long (0: never)")
+		ttime   = flag.Duration("test-timeout", 8*time.Minute, "cap on one test binary's run in the test host (go test -timeout); 0: the rest of -timeout")
 		single  = flag.Bool("tcg-single", false, "run the test host's vCPUs on one TCG thread (-accel tcg,thread=single)")
 	)
 	flag.Parse()
 	start := time.Now()
 	o := options{run: *run, timeout: *timeout, deadline: start.Add(*timeout), machine: *machine, mem: *mem, cpus: *cpus, retries: *retries,
-		silence: *silence, single: *single}
+		silence: *silence, single: *single, testTimeout: *ttime}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
 
@@ -223,18 +226,7 @@ func runTestBinary(ctx context.Context, a *testhost.Assets, b testhost.TestBinar
 // runTestsOnce boots one test host for the binary; ok means every test it ran
 // passed or skipped and the binary exited 0.
 func runTestsOnce(ctx context.Context, a *testhost.Assets, b testhost.TestBinary, o options, skip string) (*testhost.Result, bool) {
-	// Leave the binary a minute less than qemu so it reports its own timeout.
-	inner := time.Until(o.deadline) - time.Minute
-	if inner < time.Minute {
-		inner = time.Until(o.deadline) / 2
-	}
-	command := fmt.Sprintf("%s -test.v -test.timeout=%s", b.GuestPath(), inner.Round(time.Second))
-	if o.run != "" {
-		command += " " + shellJoin([]string{"-test.run=" + o.run})
-	}
-	if skip != "" {
-		command += " " + shellJoin([]string{"-test.skip=" + skip})
-	}
+	command := testCommand(b, o, skip, time.Until(o.deadline))
 	res, ok := boot(ctx, a, command, o, b)
 	printSummary(res)
 	if res != nil {
@@ -252,6 +244,28 @@ func runTestsOnce(ctx context.Context, a *testhost.Assets, b testhost.TestBinary
 		}
 	}
 	return res, ok
+}
+
+// testCommand is the test host's command for b with remaining time left.
+func testCommand(b testhost.TestBinary, o options, skip string, left time.Duration) string {
+	// Leave the binary a minute less than qemu so it reports its own timeout.
+	inner := left - time.Minute
+	if inner < time.Minute {
+		inner = left / 2
+	}
+	// A test host that hangs while still printing (RCU stall reports) is ended by
+	// the binary's own timeout, early enough to leave time for a retry.
+	if o.testTimeout > 0 && inner > o.testTimeout {
+		inner = o.testTimeout
+	}
+	command := fmt.Sprintf("%s -test.v -test.timeout=%s", b.GuestPath(), inner.Round(time.Second))
+	if o.run != "" {
+		command += " " + shellJoin([]string{"-test.run=" + o.run})
+	}
+	if skip != "" {
+		command += " " + shellJoin([]string{"-test.skip=" + skip})
+	}
+	return command
 }
 
 // splitResults lists the top-level tests that failed and those that passed or

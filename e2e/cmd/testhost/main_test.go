@@ -3,6 +3,7 @@ package main
 import (
 	"regexp"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -32,4 +33,15 @@ func TestSkipPatternIsAnchored(t *testing.T) {
 	re := regexp.MustCompile("^(" + done[0] + ")$")
 	require.True(t, re.MatchString("TestLinuxBoot"))
 	require.False(t, re.MatchString("TestLinuxBootLibrary"), "a passed test must not skip a longer-named one")
+}
+
+func TestTestCommandTimeout(t *testing.T) {
+	b := testhost.TestBinary{Name: "e2e.test"}
+	o := options{testTimeout: 8 * time.Minute}
+	require.Contains(t, testCommand(b, o, "", 20*time.Minute), "-test.timeout=8m0s", "capped, leaving time to retry")
+	require.Contains(t, testCommand(b, o, "", 5*time.Minute), "-test.timeout=4m0s", "a minute less than qemu has")
+	o.testTimeout = 0
+	require.Contains(t, testCommand(b, o, "", 20*time.Minute), "-test.timeout=19m0s")
+	o.run = "TestA"
+	require.Contains(t, testCommand(b, o, "^(TestB)$", 20*time.Minute), `'-test.run=TestA' '-test.skip=^(TestB)$'`)
 }
