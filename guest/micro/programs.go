@@ -1,5 +1,7 @@
 package micro
 
+import "fmt"
+
 // MMIO addresses through which a guest reports to the test: nothing is mapped there,
 // so a store exits to the VMM. (MMIO rather than port I/O because software KVM (PVM)
 // does not honour IOPL for CPL3 guest code: IN/OUT at CPL3 raise #GP there.)
@@ -212,4 +214,203 @@ func (a *Asm) PingPong(addr, counter, n uint64) {
 	a.Mov(RAX, RDI)
 	a.Report(DoneAddr)
 	a.Halt()
+}
+
+// Encoder additions used by VirtqTX (16-bit ring indices, index arithmetic, the
+// store-load fence before reading avail_event). They sit here rather than in asm.go
+// only because this file is where programs are added; virtq_test.go checks them
+// against GNU as.
+
+// Store16 is mov word [base+disp], src16.
+func (a *Asm) Store16(base Reg, disp int32, src Reg) {
+	a.emit(0x66, 0x89)
+	a.modrm(byte(src), base, disp)
+}
+
+// Load16 is movzx dst32, word [base+disp] (zero-extends to 64 bits).
+func (a *Asm) Load16(dst, base Reg, disp int32) {
+	a.emit(0x0f, 0xb7)
+	a.modrm(byte(dst), base, disp)
+}
+
+// Sub is sub dst, src (64-bit).
+func (a *Asm) Sub(dst, src Reg) { a.emit(0x48, 0x29, 0xc0|byte(src)<<3|byte(dst)) }
+
+// Add is add dst, src (64-bit).
+func (a *Asm) Add(dst, src Reg) { a.emit(0x48, 0x01, 0xc0|byte(src)<<3|byte(dst)) }
+
+// AndImm32 is and r32, imm32: the 32-bit form zero-extends, so it also clears the
+// upper half (a 16-bit ring index is AndImm32(r, 0xffff)). Values below 0x80 use the
+// sign-extended imm8 form.
+func (a *Asm) AndImm32(r Reg, v uint32) {
+	if v < 0x80 {
+		a.emit(0x83, 0xe0|byte(r), byte(v)) // imm8 form, as GNU as picks
+		return
+	}
+	a.emit(0x81, 0xe0|byte(r))
+	a.imm32(v)
+}
+
+// Mfence orders earlier stores before later loads (x86 reorders only that pair).
+func (a *Asm) Mfence() { a.emit(0x0f, 0xae, 0xf0) }
+
+// VirtqTXSpec describes the transmit side of a split virtqueue that the host set up in
+// guest memory as a driver would (descriptor i is a one-buffer chain pointing at
+// Buf0+i*Stride, avail ring entries pre-filled) and that VirtqTX keeps feeding.
+type VirtqTXSpec struct {
+	Avail, Used uint64 // guest-physical addresses of the avail and used rings
+	Size        uint16 // queue size (power of two)
+	Batch       uint16 // chains published per avail.idx update and kick decision (1..Size)
+	Frames      uint64 // total chains to send, a multiple of Batch
+	// Doorbell is the queue's notify address (a 16-bit MMIO store of Queue, as the
+	// virtio-pci modern notify register wants).
+	Doorbell uint64
+	Queue    uint16
+	// EventIdx: VIRTIO_F_RING_EVENT_IDX was negotiated, so kick only when avail.idx
+	// passes avail_event; else kick unless used.flags has NO_NOTIFY.
+	EventIdx bool
+	// Buf0 and Stride locate buffer i (descriptor i's buffer); SeqOff, if non-zero, is
+	// where in the buffer the guest stores the chain's 32-bit sequence number.
+	Buf0, Stride, SeqOff uint64
+	// Credit, if non-zero, is a qword the host raises as it consumes frames: the guest
+	// publishes chain n only once the qword exceeds n (receiver flow control).
+	Credit uint64
+	// Counters is where the guest counts kicks, waits for ring room and waits for
+	// credit (three qwords).
+	Counters uint64
+}
+
+// VirtqTX is a virtio TX driver loop: for each batch it waits until the device has
+// used enough chains that Batch buffers are free again (and, with Credit, until the
+// host allows them), stores each chain's sequence number into its buffer and its head
+// into the avail ring, publishes avail.idx once, then decides whether to kick as
+// Linux's virtqueue_kick_prepare does. x86 keeps stores in order, so the ring
+// entries and payload stores are visible before the avail.idx store without a fence;
+// the store of avail.idx must be visible before avail_event (or used.flags) is read,
+// which takes MFENCE. After the last batch it waits until every chain is used and
+// reports Frames (low 32 bits) at DoneAddr. Runs at CPL3; no exit except the report.
+func VirtqTX(base uint64, s VirtqTXSpec) ([]byte, error) {
+	if s.Size == 0 || s.Size&(s.Size-1) != 0 || s.Batch == 0 || s.Batch > s.Size ||
+		s.Frames == 0 || s.Frames%uint64(s.Batch) != 0 || s.Counters == 0 {
+		return nil, fmt.Errorf("micro: VirtqTX: bad spec (size %d, batch %d, frames %d, counters %#x)",
+			s.Size, s.Batch, s.Frames, s.Counters)
+	}
+	n, b := uint64(s.Size), uint64(s.Batch)
+	const (
+		kicks       = 0
+		roomWaits   = 8
+		creditWaits = 16
+	)
+	usedEvent := int32(4 + 8*n) // avail_event lives after the used ring
+	a := New(base)
+	// RSI: chains published (its low 16 bits are avail.idx); RDI: next buffer.
+	a.MovImm(RSI, 0)
+	a.MovImm(RDI, s.Buf0)
+	a.MovImm(RBP, s.Counters)
+	outer := a.Here()
+
+	// Room: in flight = (published - used.idx) mod 2^16 must be <= Size-Batch.
+	roomOK, roomSpin := a.NewLabel(), a.NewLabel()
+	a.MovImm(RBX, s.Used)
+	a.MovImm(RDX, n-b)
+	a.Load16(RAX, RBX, 2)
+	a.Mov(RCX, RSI)
+	a.Sub(RCX, RAX)
+	a.AndImm32(RCX, 0xffff)
+	a.Cmp(RDX, RCX)
+	a.J(AboveEqual, roomOK)
+	a.LockInc64(RBP, roomWaits)
+	a.Bind(roomSpin)
+	a.Pause()
+	a.Load16(RAX, RBX, 2)
+	a.Mov(RCX, RSI)
+	a.Sub(RCX, RAX)
+	a.AndImm32(RCX, 0xffff)
+	a.Cmp(RDX, RCX)
+	a.J(Below, roomSpin)
+	a.Bind(roomOK)
+
+	if s.Credit != 0 {
+		credOK, credSpin := a.NewLabel(), a.NewLabel()
+		a.MovImm(RBX, s.Credit)
+		a.Mov(RCX, RSI)
+		a.AddImm(RCX, int32(b))
+		a.Load64(RAX, RBX, 0)
+		a.Cmp(RAX, RCX)
+		a.J(AboveEqual, credOK)
+		a.LockInc64(RBP, creditWaits)
+		a.Bind(credSpin)
+		a.Pause()
+		a.Load64(RAX, RBX, 0)
+		a.Cmp(RAX, RCX)
+		a.J(Below, credSpin)
+		a.Bind(credOK)
+	}
+
+	// Fill the batch: sequence number into the buffer, head into avail.ring.
+	a.MovImm(RBX, s.Avail)
+	a.MovImm(RCX, b)
+	fill := a.Here()
+	if s.SeqOff != 0 {
+		a.Store32(RDI, int32(s.SeqOff), RSI)
+	}
+	a.Mov(RAX, RSI)
+	a.AndImm32(RAX, uint32(n-1))
+	a.Mov(RDX, RAX)
+	a.Add(RDX, RDX)
+	a.Add(RDX, RBX)
+	a.Store16(RDX, 4, RAX) // descriptor i is buffer i: head = slot
+	a.AddImm(RDI, int32(s.Stride))
+	a.MovImm(RAX, s.Buf0+n*s.Stride)
+	wrapped := a.NewLabel()
+	a.Cmp(RDI, RAX)
+	a.J(Below, wrapped)
+	a.MovImm(RDI, s.Buf0)
+	a.Bind(wrapped)
+	a.Inc(RSI)
+	a.Dec(RCX)
+	a.J(NotEqual, fill)
+	a.Store16(RBX, 2, RSI) // avail.idx: publishes the whole batch
+
+	// Kick decision.
+	noKick := a.NewLabel()
+	a.Mfence()
+	a.MovImm(RBX, s.Used)
+	if s.EventIdx {
+		// vring_need_event: (u16)(new - event - 1) < (u16)(new - old), new-old = Batch.
+		a.Load16(RAX, RBX, usedEvent)
+		a.Mov(RCX, RSI)
+		a.Sub(RCX, RAX)
+		a.Dec(RCX)
+		a.AndImm32(RCX, 0xffff)
+		a.MovImm(RDX, b)
+		a.Cmp(RCX, RDX)
+		a.J(AboveEqual, noKick)
+	} else {
+		a.Load16(RAX, RBX, 0)
+		a.AndImm32(RAX, 1) // VRING_USED_F_NO_NOTIFY
+		a.J(NotEqual, noKick)
+	}
+	a.MovImm(RDX, s.Doorbell)
+	a.MovImm(RAX, uint64(s.Queue))
+	a.Store16(RDX, 0, RAX)
+	a.LockInc64(RBP, kicks)
+	a.Bind(noKick)
+	a.MovImm(RAX, s.Frames)
+	a.Cmp(RSI, RAX)
+	a.J(Below, outer)
+
+	// Drain: every chain used.
+	a.MovImm(RBX, s.Used)
+	a.Mov(RCX, RSI)
+	a.AndImm32(RCX, 0xffff)
+	drain := a.Here()
+	a.Pause()
+	a.Load16(RAX, RBX, 2)
+	a.Cmp(RAX, RCX)
+	a.J(NotEqual, drain)
+	a.MovImm(RAX, s.Frames&0xffffffff)
+	a.Report(DoneAddr)
+	a.Halt()
+	return a.Assemble()
 }
