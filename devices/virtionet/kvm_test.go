@@ -160,9 +160,6 @@ type rigOptions struct {
 	reader   bool // a receiver drains the far end and grants credit
 }
 
-// canTap reports whether TAP interfaces can be created here, with the reason.
-func canTap() (bool, string) { return tap.CanCreate() }
-
 func newTXRig(tb testing.TB, k txKind, o rigOptions) *txRig {
 	tb.Helper()
 	// The doorbell address is only known once the BAR is placed, so the guest starts
@@ -337,7 +334,6 @@ func (r *txRig) receive(want uint64, full bool, stop <-chan struct{}) rxResult {
 		tmpl, hl = tmpl[kvmHdrLen:], 0 // AF_PACKET sees the frame without the header
 	}
 	seqAt := hl + r.kind.seqOff()
-	atomic.StoreUint64(r.credit, r.window)
 	buf := make([]byte, 70000)
 	pfd := []unix.PollFd{{Fd: int32(r.peer), Events: unix.POLLIN}}
 	for res.frames < want {
@@ -362,9 +358,12 @@ func (r *txRig) receive(want uint64, full bool, stop <-chan struct{}) rxResult {
 		if r.tapDev != nil && (n < 14 || !bytes.Equal(f[6:12], kvmGuestMAC[:])) {
 			continue // not ours
 		}
-		if n != len(tmpl) || binary.LittleEndian.Uint32(f[seqAt:]) != uint32(res.frames) {
-			res.err = fmt.Errorf("frame %d: %d bytes (want %d), sequence %d",
-				res.frames, n, len(tmpl), binary.LittleEndian.Uint32(f[min(seqAt, n-4):]))
+		if n != len(tmpl) {
+			res.err = fmt.Errorf("frame %d: %d bytes, want %d", res.frames, n, len(tmpl))
+			return res
+		}
+		if seq := binary.LittleEndian.Uint32(f[seqAt:]); seq != uint32(res.frames) {
+			res.err = fmt.Errorf("frame %d carries sequence number %d (lost or reordered frames)", res.frames, seq)
 			return res
 		}
 		if full && (!bytes.Equal(f[:seqAt], tmpl[:seqAt]) || !bytes.Equal(f[seqAt+4:], tmpl[seqAt+4:])) {
@@ -418,7 +417,14 @@ func (r *txRig) run(frames uint64, batch uint16, o rigOptions, full bool, timeou
 		Counters: kvmCounters,
 	}
 	if o.reader {
+		// The guest waits for credit for a whole batch: keep batches within the window
+		// a small socket buffer allows (frames is a multiple of every smaller power of 2).
+		require.NotZero(tb, r.window, "socket buffer holds no %s frame", r.kind.name)
+		for uint64(spec.Batch) > r.window {
+			spec.Batch /= 2
+		}
 		spec.Credit = kvmCredit
+		atomic.StoreUint64(r.credit, r.window)
 	}
 	code, err := micro.VirtqTX(boot.MicroCodeAddr, spec)
 	require.NoError(tb, err)
@@ -483,7 +489,7 @@ func TestGuestTXKVM(t *testing.T) {
 			t.Run(backend+"/"+k.name, func(t *testing.T) {
 				o := rigOptions{tap: backend == "tap", eventIdx: true, reader: true}
 				if o.tap {
-					if ok, why := canTap(); !ok {
+					if ok, why := tap.CanCreate(); !ok {
 						t.Skip("TAP variant needs CAP_NET_ADMIN: " + why)
 					}
 				}
@@ -537,17 +543,19 @@ func (r *txRig) check(res txRun, reader bool) {
 // guest speed: a CPL3 micro guest feeds the TX ring, the pair's worker writes every
 // frame to the backend. Per backend and frame kind it reports Mpps, Gbit/s (Ethernet
 // frame bytes, no FCS), exits to Go, guest kicks and worker wakeups per frame. The
-// seqpacket peer is drained and checked by a receiver goroutine that grants the guest
-// credit (its cost is in the figures); the TAP has no reader: its rx counters say what
-// the kernel took. One op is kind.perOp frames.
+// seqpacket peer is drained by a receiver goroutine that checks sequence numbers and
+// grants the guest credit (its cost is in the figures, as a peer process's would be).
+// "tap" has no reader: the TAP's rx counters say what the kernel took; "tap-afpacket"
+// adds an AF_PACKET reader on the TAP with credit, like the seqpacket peer. One op is
+// kind.perOp frames.
 func BenchmarkGuestTX(b *testing.B) {
 	kvmtest.Available(b)
-	for _, backend := range []string{"seqpacket", "tap"} {
+	for _, backend := range []string{"seqpacket", "tap", "tap-afpacket"} {
 		for _, k := range txKinds {
 			b.Run(backend+"/"+k.name, func(b *testing.B) {
-				o := rigOptions{tap: backend == "tap", eventIdx: true, reader: backend == "seqpacket"}
+				o := rigOptions{tap: backend != "seqpacket", eventIdx: true, reader: backend != "tap"}
 				if o.tap {
-					if ok, why := canTap(); !ok {
+					if ok, why := tap.CanCreate(); !ok {
 						b.Skip("TAP variant needs CAP_NET_ADMIN: " + why)
 					}
 				}
@@ -558,9 +566,10 @@ func BenchmarkGuestTX(b *testing.B) {
 				b.StopTimer()
 				st := res.stats
 				delivered, dbytes := res.rx.frames, res.rx.bytes
-				if o.tap {
+				if !o.reader {
 					delivered, dbytes = res.tapRx[0], res.tapRx[1]
 				}
+				require.NoError(b, res.rx.err, "receiver")
 				require.Equal(b, frames, st.TxPackets, "device TxPackets (dropped %d)", st.TxDropped)
 				require.Equal(b, frames, delivered, "frames delivered")
 				sec := res.elapsed.Seconds()
