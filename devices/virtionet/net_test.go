@@ -28,11 +28,15 @@ import (
 type sockPort struct {
 	*seqpacket.Port
 	failGone bool
+	onWrite  func() // if set, runs in the worker before each frame is written
 }
 
 func (s *sockPort) Writev(iovs [][]byte) (int, error) {
 	if s.failGone {
 		return 0, fmt.Errorf("test: %w", tap.ErrGone)
+	}
+	if s.onWrite != nil {
+		s.onWrite()
 	}
 	return s.Port.Writev(iovs)
 }
@@ -182,6 +186,23 @@ func (g *guest) alloc(n int) uint64 {
 
 // post adds a chain of buffers (addr, len, write) to queue q and kicks.
 func (g *guest) post(q int, bufs ...[3]uint64) uint16 {
+	head := g.add(q, bufs...)
+	g.publish(q)
+	g.kick(q)
+	return head
+}
+
+// publish makes the chains added to queue q visible (stores avail.idx).
+func (g *guest) publish(q int) {
+	virtio.StoreLE16(g.ram[ringBase(q)+0x200+2:], g.avail[q])
+}
+
+// kick notifies queue q.
+func (g *guest) kick(q int) { g.w(0x3000+4*uint64(q), 2, uint64(q)) }
+
+// add writes a chain of buffers (addr, len, write) and its avail ring entry for
+// queue q; publish makes it visible.
+func (g *guest) add(q int, bufs ...[3]uint64) uint16 {
 	head := g.next[q]
 	for i, b := range bufs {
 		idx := (head + uint16(i)) % qsize
@@ -202,8 +223,6 @@ func (g *guest) post(q int, bufs ...[3]uint64) uint16 {
 	av := ringBase(q) + 0x200
 	binary.LittleEndian.PutUint16(g.ram[av+4+2*uint64(g.avail[q]%qsize):], head)
 	g.avail[q]++
-	virtio.StoreLE16(g.ram[av+2:], g.avail[q])
-	g.w(0x3000+4*uint64(q), 2, uint64(q)) // notify
 	return head
 }
 
@@ -626,4 +645,35 @@ func TestOffloadFeatures(t *testing.T) {
 	assert.Zero(t, plain.Features()&tso, "no header on the port: nothing to pass offloads in")
 	assert.Equal(t, 0x7, tunOffloads(FGuestCsum|FGuestTSO4|FGuestTSO6))
 	assert.Zero(t, tunOffloads(FGuestTSO4), "TSO without checksum offload is meaningless")
+}
+
+// TestTransmitPublishesUsedWithinBatch: a batch of TX chains gets its used
+// entries published every quarter ring (at most every 32 chains), not only at
+// the end, so a driver reclaiming buffers from the used ring gets them back early.
+func TestTransmitPublishesUsedWithinBatch(t *testing.T) {
+	g := newGuest(t, 0)
+	g.bringUp(allFeatures)
+	const n = qsize
+	var sent int
+	seen := make([]uint16, 0, n)
+	g.port.onWrite = func() {
+		// The worker's view of used.idx just before it writes frame number sent.
+		seen = append(seen, virtio.LoadLE16(g.ram[ringBase(1)+0x400+2:]))
+		sent++
+	}
+	f := ethFrame([6]byte{2, 0, 0, 0, 0, 9}, "batch")
+	a := g.alloc(12 + len(f)) // header and frame in one buffer: n chains fill the ring
+	copy(g.ram[a+12:], f)
+	for i := 0; i < n; i++ {
+		g.add(1, [3]uint64{a, uint64(12 + len(f)), 0})
+	}
+	g.publish(1) // all n at once, and one kick: the worker takes them in one batch
+	g.kick(1)
+	u := g.waitUsed(1, n)
+	require.Len(t, u, n)
+	require.Len(t, seen, n)
+	every := qsize / 4
+	for i, v := range seen {
+		assert.Equal(t, uint16(i/every*every), v, "used.idx seen before frame %d", i)
+	}
 }

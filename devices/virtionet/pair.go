@@ -15,6 +15,10 @@ import (
 // queue, so one busy direction cannot starve the other.
 const batch = 256
 
+// txFlushEvery bounds how many TX chains may wait in a batch before used.idx is
+// published (see serviceTX); small rings flush every quarter ring.
+const txFlushEvery = 32
+
 // pair is one rx/tx queue pair and its worker.
 //
 // Concurrency: everything here belongs to the worker goroutine once started.
@@ -176,6 +180,11 @@ func (p *pair) serviceTX() bool {
 		return false
 	}
 	c := &p.chains[0]
+	// Publish used entries now and then within the batch: a driver that reclaims
+	// TX buffers from the used ring (Linux does in start_xmit) gets them back
+	// before the whole batch is sent, so it need not stop and kick again. The
+	// interrupt decision stays once per batch.
+	every := min(txFlushEvery, max(1, int(q.Size())/4))
 	n := 0
 	for ; n < batch; n++ {
 		ok, err := q.Pop(c)
@@ -188,6 +197,9 @@ func (p *pair) serviceTX() bool {
 		}
 		p.sendChain(c)
 		q.Push(c.Head, 0)
+		if (n+1)%every == 0 {
+			q.Flush()
+		}
 	}
 	p.interrupt(q)
 	if n == batch {
