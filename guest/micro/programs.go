@@ -216,44 +216,6 @@ func (a *Asm) PingPong(addr, counter, n uint64) {
 	a.Halt()
 }
 
-// Encoder additions used by VirtqTX (16-bit ring indices, index arithmetic, the
-// store-load fence before reading avail_event). They sit here rather than in asm.go
-// only because this file is where programs are added; virtq_test.go checks them
-// against GNU as.
-
-// Store16 is mov word [base+disp], src16.
-func (a *Asm) Store16(base Reg, disp int32, src Reg) {
-	a.emit(0x66, 0x89)
-	a.modrm(byte(src), base, disp)
-}
-
-// Load16 is movzx dst32, word [base+disp] (zero-extends to 64 bits).
-func (a *Asm) Load16(dst, base Reg, disp int32) {
-	a.emit(0x0f, 0xb7)
-	a.modrm(byte(dst), base, disp)
-}
-
-// Sub is sub dst, src (64-bit).
-func (a *Asm) Sub(dst, src Reg) { a.emit(0x48, 0x29, 0xc0|byte(src)<<3|byte(dst)) }
-
-// Add is add dst, src (64-bit).
-func (a *Asm) Add(dst, src Reg) { a.emit(0x48, 0x01, 0xc0|byte(src)<<3|byte(dst)) }
-
-// AndImm32 is and r32, imm32: the 32-bit form zero-extends, so it also clears the
-// upper half (a 16-bit ring index is AndImm32(r, 0xffff)). Values below 0x80 use the
-// sign-extended imm8 form.
-func (a *Asm) AndImm32(r Reg, v uint32) {
-	if v < 0x80 {
-		a.emit(0x83, 0xe0|byte(r), byte(v)) // imm8 form, as GNU as picks
-		return
-	}
-	a.emit(0x81, 0xe0|byte(r))
-	a.imm32(v)
-}
-
-// Mfence orders earlier stores before later loads (x86 reorders only that pair).
-func (a *Asm) Mfence() { a.emit(0x0f, 0xae, 0xf0) }
-
 // VirtqTXSpec describes the transmit side of a split virtqueue that the host set up in
 // guest memory as a driver would (descriptor i is a one-buffer chain pointing at
 // Buf0+i*Stride, avail ring entries pre-filled) and that VirtqTX keeps feeding.
