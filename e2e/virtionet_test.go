@@ -207,6 +207,9 @@ func runHelperGuest(t *testing.T, dir, img string, nic vmm.NIC, started func(*vm
 		started(nd)
 	}
 	runErr := g.run()
+	// Logged before any check: when a guest stalls, the counters say which side stopped.
+	all := nd.Net.Stats()
+	t.Logf("virtio-net counters: %+v", all)
 	fail := func() string { return failHint + "last console lines:\n" + c.tail(60) }
 	require.NoError(t, runErr, fail())
 	status, ok := watch.ExitStatus()
@@ -214,9 +217,7 @@ func runHelperGuest(t *testing.T, dir, img string, nic vmm.NIC, started func(*vm
 	assert.Equal(t, 0, status, "guest helper failed; %s", fail())
 	assertModern(t, nd)
 	assert.True(t, strings.Contains(c.text(), "nethelper: modern virtio-pci driver"), "guest helper did not confirm VERSION_1; %s", fail())
-	st := nd.Net.Stats()[0]
-	t.Logf("virtio-net counters: %+v", st)
-	return c, st
+	return c, all[0]
 }
 
 // TestVirtioNetTraffic boots a guest whose initramfs holds this test binary as a
