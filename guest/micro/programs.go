@@ -216,6 +216,20 @@ func (a *Asm) PingPong(addr, counter, n uint64) {
 	a.Halt()
 }
 
+// waitFor emits check and goes on when it sets condition ok; otherwise it counts one
+// wait at [RBP+counter] and spins (pause, check) while notOK (ok's negation) holds.
+func (a *Asm) waitFor(check func(), ok, notOK Cond, counter int32) {
+	done, spin := a.NewLabel(), a.NewLabel()
+	check()
+	a.J(ok, done)
+	a.LockInc64(RBP, counter)
+	a.Bind(spin)
+	a.Pause()
+	check()
+	a.J(notOK, spin)
+	a.Bind(done)
+}
+
 // VirtqTXSpec describes the transmit side of a split virtqueue that the host set up in
 // guest memory as a driver would (descriptor i is a one-buffer chain pointing at
 // Buf0+i*Stride, avail ring entries pre-filled) and that VirtqTX keeps feeding.
@@ -272,41 +286,24 @@ func VirtqTX(base uint64, s VirtqTXSpec) ([]byte, error) {
 	outer := a.Here()
 
 	// Room: in flight = (published - used.idx) mod 2^16 must be <= Size-Batch.
-	roomOK, roomSpin := a.NewLabel(), a.NewLabel()
 	a.MovImm(RBX, s.Used)
 	a.MovImm(RDX, n-b)
-	a.Load16(RAX, RBX, 2)
-	a.Mov(RCX, RSI)
-	a.Sub(RCX, RAX)
-	a.AndImm32(RCX, 0xffff)
-	a.Cmp(RDX, RCX)
-	a.J(AboveEqual, roomOK)
-	a.LockInc64(RBP, roomWaits)
-	a.Bind(roomSpin)
-	a.Pause()
-	a.Load16(RAX, RBX, 2)
-	a.Mov(RCX, RSI)
-	a.Sub(RCX, RAX)
-	a.AndImm32(RCX, 0xffff)
-	a.Cmp(RDX, RCX)
-	a.J(Below, roomSpin)
-	a.Bind(roomOK)
+	a.waitFor(func() {
+		a.Load16(RAX, RBX, 2)
+		a.Mov(RCX, RSI)
+		a.Sub(RCX, RAX)
+		a.AndImm32(RCX, 0xffff)
+		a.Cmp(RDX, RCX)
+	}, AboveEqual, Below, roomWaits)
 
 	if s.Credit != 0 {
-		credOK, credSpin := a.NewLabel(), a.NewLabel()
 		a.MovImm(RBX, s.Credit)
 		a.Mov(RCX, RSI)
 		a.AddImm(RCX, int32(b))
-		a.Load64(RAX, RBX, 0)
-		a.Cmp(RAX, RCX)
-		a.J(AboveEqual, credOK)
-		a.LockInc64(RBP, creditWaits)
-		a.Bind(credSpin)
-		a.Pause()
-		a.Load64(RAX, RBX, 0)
-		a.Cmp(RAX, RCX)
-		a.J(Below, credSpin)
-		a.Bind(credOK)
+		a.waitFor(func() {
+			a.Load64(RAX, RBX, 0)
+			a.Cmp(RAX, RCX)
+		}, AboveEqual, Below, creditWaits)
 	}
 
 	// Fill the batch: sequence number into the buffer, head into avail.ring.
