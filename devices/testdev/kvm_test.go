@@ -26,6 +26,27 @@ func (m machine) KVM() *kvm.VM                { return m.g.VM }
 func (m machine) GSIRouting() *kvm.GSIRouting { return m.g.Routing }
 func (m machine) PCI() *pci.Root              { return m.root }
 
+// plugged ends the guest program in a (report ready after the first interrupt,
+// finish after the second, counted at counter), boots it with handler h on vector,
+// and plugs a device with cfg into slot. The device is closed when the test ends.
+func plugged(t *testing.T, a *micro.Asm, counter uint64, vector uint8, h micro.Label, slot int, cfg testdev.Config) (*kvmtest.Guest, *testdev.Plugged) {
+	t.Helper()
+	a.SpinUntil(counter, 1)
+	a.Report(micro.ReadyAddr)
+	a.WaitCounter(counter, 2)
+	code, err := a.Assemble()
+	require.NoError(t, err)
+	g := kvmtest.New(t, kvmtest.Config{Code: code, IRQChip: true,
+		Micro: boot.MicroOptions{Kernel: true, IDT: map[uint8]uint64{vector: a.Addr(h)}}})
+	root, err := pci.NewRoot(pci.Config{PIO: g.PIO, MMIO: g.MMIO,
+		Reserved: []memory.Range{{GPA: 0, Size: kvmtest.DefaultRAM}}})
+	require.NoError(t, err)
+	d, err := testdev.Add(machine{g, root}, slot, cfg)
+	require.NoError(t, err)
+	t.Cleanup(func() { assert.NoError(t, d.Close()) })
+	return g, d
+}
+
 // TestKVMIntxRoundTrip plugs the INTx device into a KVM guest with Add: the guest
 // raises the interrupt with an MMIO write to RAISE, its handler writes ACK and EOIs;
 // then the host raises one with RaiseINTx. Each EOI reaches the device as a resample.
@@ -54,19 +75,7 @@ func TestKVMIntxRoundTrip(t *testing.T) {
 	a.IOAPICRoute(int(pci.IntxGSI(slot)), vector, true)
 	a.StoreImm32(bar0+testdev.RegRaise, 0) // delivered once interrupts are enabled
 	a.ToUser(boot.MicroUserCS, boot.MicroUserDS, true)
-	a.SpinUntil(counter, 1)
-	a.Report(micro.ReadyAddr)
-	a.WaitCounter(counter, 2)
-	code, err := a.Assemble()
-	require.NoError(t, err)
-	g := kvmtest.New(t, kvmtest.Config{Code: code, IRQChip: true,
-		Micro: boot.MicroOptions{Kernel: true, IDT: map[uint8]uint64{vector: a.Addr(h)}}})
-	root, err := pci.NewRoot(pci.Config{PIO: g.PIO, MMIO: g.MMIO,
-		Reserved: []memory.Range{{GPA: 0, Size: kvmtest.DefaultRAM}}})
-	require.NoError(t, err)
-	d, err := testdev.Add(machine{g, root}, slot, testdev.Config{})
-	require.NoError(t, err)
-	defer func() { assert.NoError(t, d.Close()) }()
+	g, d := plugged(t, a, counter, vector, h, slot, testdev.Config{})
 	addr, mapped := d.Function.BARAddr(0)
 	require.True(t, mapped)
 	require.Equal(t, uint64(bar0), addr, "the guest program assumes BAR0's address")
@@ -122,19 +131,7 @@ func TestKVMMSIXRoundTrip(t *testing.T) {
 	a.ConfigWrite16(slot, pci.CapOffset+2, pci.MSIXCtrlEnable)
 	a.ToUser(boot.MicroUserCS, boot.MicroUserDS, true)
 	a.StoreImm32(bar0+testdev.RegRaise, entry)
-	a.SpinUntil(counter, 1)
-	a.Report(micro.ReadyAddr)
-	a.WaitCounter(counter, 2)
-	code, err := a.Assemble()
-	require.NoError(t, err)
-	g := kvmtest.New(t, kvmtest.Config{Code: code, IRQChip: true,
-		Micro: boot.MicroOptions{Kernel: true, IDT: map[uint8]uint64{vector: a.Addr(h)}}})
-	root, err := pci.NewRoot(pci.Config{PIO: g.PIO, MMIO: g.MMIO,
-		Reserved: []memory.Range{{GPA: 0, Size: kvmtest.DefaultRAM}}})
-	require.NoError(t, err)
-	d, err := testdev.Add(machine{g, root}, slot, testdev.Config{Vectors: 4})
-	require.NoError(t, err)
-	defer func() { assert.NoError(t, d.Close()) }()
+	g, d := plugged(t, a, counter, vector, h, slot, testdev.Config{Vectors: 4})
 	for i, want := range map[int]uint64{0: bar0, 2: bar2} {
 		addr, mapped := d.Function.BARAddr(i)
 		require.True(t, mapped)
