@@ -262,17 +262,8 @@ func TestVirtioNetTAPTraffic(t *testing.T) {
 	defer func() { close(stop); wg.Wait() }()
 	c, st := runHelperGuest(t, dir, img, vmm.NIC{Tap: name, MAC: guestMAC}, func(nd *vmm.NICDevice) {
 		require.NoError(t, setIPv4(name, tapHostIP))
-		ln, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-		require.NoError(t, err)
-		require.NoError(t, unix.SetsockoptInt(ln, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1))
-		require.NoError(t, unix.Bind(ln, &unix.SockaddrInet4{Addr: tapHostIP, Port: bulkPort}))
-		require.NoError(t, unix.Listen(ln, 1))
-		// Bound every wait so a dead guest cannot hang the test (accept honours it too).
-		require.NoError(t, unix.SetsockoptTimeval(ln, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &unix.Timeval{Sec: 90}))
-		lu, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
-		require.NoError(t, err)
-		require.NoError(t, unix.Bind(lu, &unix.SockaddrInet4{Addr: tapHostIP, Port: linkPort}))
-		require.NoError(t, unix.SetsockoptTimeval(lu, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &unix.Timeval{Sec: 120}))
+		ln := hostListen(t, bulkPort, 1)
+		lu := hostUDP(t, linkPort, 120)
 		wg.Add(3)
 		go func() {
 			// On the guest's request: link down, then up again once it could see it.
@@ -337,12 +328,7 @@ func TestVirtioNetTAPMultiqueue(t *testing.T) {
 	c, _ := runHelperGuest(t, dir, img, vmm.NIC{Tap: name, MAC: guestMAC, Queues: 2}, func(d *vmm.NICDevice) {
 		nd = d
 		require.NoError(t, setIPv4(name, tapHostIP))
-		ln, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-		require.NoError(t, err)
-		require.NoError(t, unix.SetsockoptInt(ln, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1))
-		require.NoError(t, unix.Bind(ln, &unix.SockaddrInet4{Addr: tapHostIP, Port: bulkPort}))
-		require.NoError(t, unix.Listen(ln, 2))
-		require.NoError(t, unix.SetsockoptTimeval(ln, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &unix.Timeval{Sec: 90}))
+		ln := hostListen(t, bulkPort, 2)
 		var both sync.WaitGroup
 		both.Add(2)
 		wg.Add(3)
@@ -384,17 +370,9 @@ func TestVirtioNetPerf(t *testing.T) {
 			var udpDur time.Duration
 			c, st := runHelperGuest(t, dir, img, vmm.NIC{Tap: name, MAC: guestMAC, NoOffloads: off}, func(d *vmm.NICDevice) {
 				require.NoError(t, setIPv4(name, tapHostIP))
-				ln, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-				require.NoError(t, err)
-				require.NoError(t, unix.SetsockoptInt(ln, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1))
-				require.NoError(t, unix.Bind(ln, &unix.SockaddrInet4{Addr: tapHostIP, Port: bulkPort}))
-				require.NoError(t, unix.Listen(ln, 1))
-				require.NoError(t, unix.SetsockoptTimeval(ln, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &unix.Timeval{Sec: 90}))
-				us, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
-				require.NoError(t, err)
+				ln := hostListen(t, bulkPort, 1)
+				us := hostUDP(t, udpPerfPort, 90)
 				require.NoError(t, unix.SetsockoptInt(us, unix.SOL_SOCKET, unix.SO_RCVBUF, 8<<20))
-				require.NoError(t, unix.Bind(us, &unix.SockaddrInet4{Addr: tapHostIP, Port: udpPerfPort}))
-				require.NoError(t, unix.SetsockoptTimeval(us, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &unix.Timeval{Sec: 90}))
 				wg.Add(2)
 				go func() { defer wg.Done(); defer unix.Close(ln); bulk.Store(serveBulk(ln)) }()
 				go func() {
@@ -1100,4 +1078,27 @@ func TestVmrunNet(t *testing.T) {
 	assert.Equal(t, 2, countModern(text), "both NICs negotiate VERSION_1 (modern driver): %s", text)
 	assert.False(t, tap.Exists(a), "vmrun left %s behind", a)
 	assert.False(t, tap.Exists(b), "vmrun left %s behind", b)
+}
+
+// hostListen is the host side's TCP listener on tapHostIP:port. Accept and reads
+// time out after 90 s, so a dead guest cannot hang the test.
+func hostListen(t *testing.T, port, backlog int) int {
+	t.Helper()
+	ln, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	require.NoError(t, err)
+	require.NoError(t, unix.SetsockoptInt(ln, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1))
+	require.NoError(t, unix.Bind(ln, &unix.SockaddrInet4{Addr: tapHostIP, Port: port}))
+	require.NoError(t, unix.Listen(ln, backlog))
+	require.NoError(t, unix.SetsockoptTimeval(ln, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &unix.Timeval{Sec: 90}))
+	return ln
+}
+
+// hostUDP is a UDP socket bound to tapHostIP:port whose reads time out after sec seconds.
+func hostUDP(t *testing.T, port int, sec int64) int {
+	t.Helper()
+	u, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	require.NoError(t, err)
+	require.NoError(t, unix.Bind(u, &unix.SockaddrInet4{Addr: tapHostIP, Port: port}))
+	require.NoError(t, unix.SetsockoptTimeval(u, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &unix.Timeval{Sec: sec}))
+	return u
 }
