@@ -129,6 +129,10 @@ func (i *Interrupt) Fire() error { return i.ev.Signal() }
 // Trigger is Fire; it makes an Interrupt usable as a pci.IntxLine.
 func (i *Interrupt) Trigger() error { return i.ev.Signal() }
 
+// Event is the irqfd's eventfd: a write to it raises the interrupt inside KVM, so a
+// host loop (the ptnet kloop) may be handed it directly. The Interrupt owns it.
+func (i *Interrupt) Event() *EventFD { return i.ev }
+
 // Resample is the eventfd KVM signals at the guest's EOI of a level-triggered
 // interrupt; nil for edge-triggered ones.
 func (i *Interrupt) Resample() *EventFD { return i.resample }
