@@ -25,3 +25,12 @@ func store32(b []byte, off uint64, v uint32) {
 	p := (*uint32)(unsafe.Pointer(&b[off : off+4][0]))
 	atomic.StoreUint32(p, v)
 }
+
+// aligned4 says b starts at a 4-byte aligned address (needed for 32-bit atomics on
+// memory handed in by a caller, such as CSB arrays). An empty slice is aligned.
+func aligned4(b []byte) bool {
+	if len(b) == 0 {
+		return true
+	}
+	return uintptr(unsafe.Pointer(&b[0]))%4 == 0
+}
