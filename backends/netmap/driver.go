@@ -376,3 +376,77 @@ func EventFDWait(irqs []*notify.EventFD) func(int, time.Duration) (bool, error) 
 		}
 	}
 }
+
+// Local is a port driven in-process through the passthrough protocol: a CSB in Go
+// memory, eventfd doorbells and interrupts, the port's host loop, and a Driver over
+// the port's region. Host processes (a packet generator on a switch or pipe port) and
+// benchmarks use it; a guest does the same over ptnet.
+//
+// Concurrency: as Driver; Close once, after the driver's users are done.
+type Local struct {
+	Driver *Driver
+	Loop   *Kloop
+	CSB    *CSB
+	Kicks  []*notify.EventFD
+	Irqs   []*notify.EventFD
+}
+
+// StartLocal initialises a CSB for p (InitCSB), starts its host loop in mode and
+// opens a Driver on it. The port stays owned by the caller (close it after Local).
+func StartLocal(p *Port, mode notify.Mode) (*Local, error) {
+	n := p.NumTxRings() + p.NumRxRings()
+	mem := make([]byte, 2*n*CSBEntrySize) // Go's allocator aligns this to 8 bytes at least
+	csb, err := NewCSB(mem[:n*CSBEntrySize], mem[n*CSBEntrySize:], n)
+	if err != nil {
+		return nil, err
+	}
+	l := &Local{CSB: csb}
+	for i := 0; i < n; i++ {
+		k, err := notify.NewEventFD()
+		if err != nil {
+			l.Close()
+			return nil, err
+		}
+		l.Kicks = append(l.Kicks, k)
+		q, err := notify.NewEventFD()
+		if err != nil {
+			l.Close()
+			return nil, err
+		}
+		l.Irqs = append(l.Irqs, q)
+	}
+	for i := 0; i < n; i++ {
+		// As ptnet's register: interrupts wanted on RX rings only at first.
+		if i >= p.NumTxRings() {
+			csb.SetApplNeedKick(i, 1)
+		}
+	}
+	if err := InitCSB(p, csb); err != nil {
+		l.Close()
+		return nil, err
+	}
+	if l.Loop, err = StartKloop(KloopConfig{Name: p.Name(), Port: p, CSB: csb, Kicks: l.Kicks, Irqs: l.Irqs, Mode: mode}); err != nil {
+		l.Close()
+		return nil, err
+	}
+	l.Driver, err = NewDriver(DriverConfig{Mem: p.Region().Bytes(), Nifp: p.NifpOffset(), CSB: csb,
+		Kick: EventFDKick(l.Kicks), Wait: EventFDWait(l.Irqs)})
+	if err != nil {
+		l.Close()
+		return nil, err
+	}
+	return l, nil
+}
+
+// Close stops the host loop and closes the eventfds. The port stays open.
+func (l *Local) Close() error {
+	var err error
+	if l.Loop != nil {
+		err = l.Loop.Stop()
+	}
+	for _, e := range append(append([]*notify.EventFD(nil), l.Kicks...), l.Irqs...) {
+		e.Close()
+	}
+	l.Kicks, l.Irqs = nil, nil
+	return err
+}

@@ -15,9 +15,9 @@ import (
 // KloopConfig describes a host loop (netmap's sync kloop, SPECS 3.7) for a port's HW
 // rings driven through a CSB.
 type KloopConfig struct {
-	Name  string
-	Port  *Port // HW TX rings then HW RX rings are CSB rings 0..n-1
-	CSB   *CSB  // NumRings() == Port.NumTxRings()+Port.NumRxRings()
+	Name string
+	Port *Port // HW TX rings then HW RX rings are CSB rings 0..n-1
+	CSB  *CSB  // NumRings() == Port.NumTxRings()+Port.NumRxRings()
 	// Kicks are the app's doorbells, one per ring (an ioeventfd's eventfd). A nil
 	// entry is allowed only in Poll mode (that ring is polled, never kicked).
 	Kicks []*notify.EventFD
@@ -74,8 +74,9 @@ type Kloop struct {
 	stopOnce sync.Once
 	stopErr  error
 
-	tid     atomic.Int64 // worker thread id, 0 until it runs
-	cpuLast atomic.Int64 // last CPU reading (ns)
+	tid      atomic.Int64 // worker thread id, 0 until it runs
+	cpuStart atomic.Int64 // the thread's CPU clock when the worker started (ns)
+	cpuLast  atomic.Int64 // last CPU reading (ns)
 }
 
 // kloopRing is the host loop's state for one CSB ring. Only the worker touches the
@@ -130,16 +131,7 @@ func StartKloop(cfg KloopConfig) (*Kloop, error) {
 			}
 		}
 	}
-	l := &Kloop{cfg: cfg, csb: cfg.CSB, arm: cfg.Mode == notify.Block, kicks: cfg.Mode != notify.Poll}
-	for i, k := range ks {
-		st := k.State()
-		r := &kloopRing{i: i, k: k, tx: k.Dir() == TX, num: k.NumSlots(),
-			rhead: st.RHead, hwtail: st.HwTail, pubCur: ^uint32(0), pubTail: ^uint32(0)}
-		if cfg.Irqs != nil {
-			r.irq = cfg.Irqs[i]
-		}
-		l.rings = append(l.rings, r)
-	}
+	l := newKloop(cfg, ks)
 	if l.wake, err = notify.NewEventFD(); err != nil {
 		return nil, fmt.Errorf("netmap: kloop %s: %w", cfg.Name, err)
 	}
@@ -181,6 +173,21 @@ func StartKloop(cfg KloopConfig) (*Kloop, error) {
 	return l, nil
 }
 
+// newKloop makes the loop's state without a worker (tests run rings directly).
+func newKloop(cfg KloopConfig, ks []*Kring) *Kloop {
+	l := &Kloop{cfg: cfg, csb: cfg.CSB, arm: cfg.Mode == notify.Block, kicks: cfg.Mode != notify.Poll}
+	for i, k := range ks {
+		st := k.State()
+		r := &kloopRing{i: i, k: k, tx: k.Dir() == TX, num: k.NumSlots(),
+			rhead: st.RHead, hwtail: st.HwTail, pubCur: ^uint32(0), pubTail: ^uint32(0)}
+		if cfg.Irqs != nil {
+			r.irq = cfg.Irqs[i]
+		}
+		l.rings = append(l.rings, r)
+	}
+	return l
+}
+
 func (l *Kloop) setSrc(idx, ring int) {
 	for len(l.src) <= idx {
 		l.src = append(l.src, -1)
@@ -212,12 +219,18 @@ func (l *Kloop) handle(src int, kicks uint64) {
 }
 
 func (l *Kloop) init() {
-	l.tid.Store(int64(unix.Gettid()))
+	tid := int64(unix.Gettid())
+	l.cpuStart.Store(threadCPU(tid)) // the runtime thread may have run other goroutines before
+	l.cpuLast.Store(l.cpuStart.Load())
+	l.tid.Store(tid)
 	// Work published before the worker ran (a kick before the eventfd was
 	// watched is still counted by it, but the CSB may already hold new heads).
 	for _, r := range l.rings {
 		r.pending.Store(1)
 	}
+	// The worker waits before its first Poll call: run now, which also announces
+	// sleep, so that notifications from now on wake it.
+	l.poll()
 }
 
 // poll is the worker's Poll hook. Block mode: run the rings that have news until
@@ -577,5 +590,5 @@ func (l *Kloop) Totals() KloopTotals {
 	if !l.stopping.Load() {
 		l.sampleCPU()
 	}
-	return KloopTotals{Worker: l.w.Stats(), CPU: time.Duration(l.cpuLast.Load())}
+	return KloopTotals{Worker: l.w.Stats(), CPU: time.Duration(l.cpuLast.Load() - l.cpuStart.Load())}
 }
