@@ -1,15 +1,16 @@
-# ptvmm top-level targets. `make test` is what CI runs (after `make kernel`).
+# ptvmm top-level targets. `make test` is what CI runs (.ci/run).
 GO ?= go
-# Hard limit for one end-to-end run (qemu is killed after it).
+# Hard limit for the test host runs of one `make test` (kvm and e2e tiers;
+# qemu is killed after it).
 E2E_TIMEOUT ?= 20m
-# In the QEMU TCG test host, tests that did not pass run again (up to this many
-# times) in a fresh test host and are reported FLAKY if they pass then: nested
-# SVM under TCG occasionally crashes a guest or the test host's own kernel, once
-# twice in one run (see README). 0 shows the raw result.
+# In the QEMU TCG test host (kvm and e2e tiers), tests that did not pass run
+# again (up to this many times) in a fresh test host and are reported FLAKY if
+# they pass then: nested SVM under TCG occasionally crashes a guest or freezes
+# the test host (see docs/testing.md). 0 shows the raw result.
 E2E_RETRIES ?= 2
 E2E_FLAGS ?=
 
-.PHONY: all build vmrun kernel test unit e2e e2e-kvm demo bench vet fmt check clean
+.PHONY: all build vmrun kernel test unit race kvm e2e e2e-kvm demo bench vet fmt tidy check clean
 
 all: build
 
@@ -28,26 +29,42 @@ kernel:
 	scripts/kernel.sh
 	scripts/kmod.sh
 
-# Unit tests; the KVM tests among them run when /dev/kvm is usable.
-unit:
-	$(GO) test ./...
+# The kernel, the Debian packages for $(1) (demo or test: as root or in CI
+# scripts/deps.sh installs what is missing, else it names them), guest/kmod.
+define setup
+	scripts/kernel.sh
+	scripts/deps.sh $(1)
+	scripts/kmod.sh
+endef
 
-# Linux-guest end-to-end tests: directly on a VT-x/AMD-V host, else in the
-# QEMU TCG test host.
-e2e: kernel
-	$(GO) run ./e2e/cmd/testhost -timeout $(E2E_TIMEOUT) -retries $(E2E_RETRIES) $(E2E_FLAGS)
+# `make test` runs these tiers and prints, per tier and in total, how many
+# tests and subtests passed, failed and skipped; its last line is
+# "N passed, N failed, N skipped". unit: go test ./...; race: go test
+# -race -short over every package but e2e; kvm: the packages whose tests
+# need /dev/kvm (or a TAP), directly where /dev/kvm is usable, else in the
+# QEMU TCG test host; e2e: the Linux-guest tests, directly on a VT-x/AMD-V
+# host, else in the test host (one test host boot for kvm and e2e). A test
+# that skips shows as skipped in its tier. See docs/testing.md.
+TIERS ?= unit,race,kvm,e2e
+TESTHOST = $(GO) run ./e2e/cmd/testhost -timeout $(E2E_TIMEOUT) -retries $(E2E_RETRIES)
 
-test: unit e2e
+test:
+	$(call setup,test)
+	$(TESTHOST) -tiers $(TIERS) $(E2E_FLAGS)
 
-# The KVM-using unit tests again, on a hardware-style KVM: on a VT-x/AMD-V
-# host directly, else in the test host (nested SVM under TCG), one boot per
-# package. Not part of `make test`.
-KVM_PKGS ?= ./vmm/...,./backends/tap,./devices/testdev
-e2e-kvm: kernel
-	$(GO) run ./e2e/cmd/testhost -pkgs $(KVM_PKGS) -timeout $(E2E_TIMEOUT) $(E2E_FLAGS)
+# One tier alone.
+unit race:
+	$(TESTHOST) -tiers $@ $(E2E_FLAGS)
+kvm e2e:
+	$(call setup,test)
+	$(TESTHOST) -tiers $@ $(E2E_FLAGS)
+
+# The kvm tier (was: the KVM packages in the test host, now part of make test).
+e2e-kvm: kvm
 
 # Boot the Debian guest with vmrun and show its console.
-demo: kernel
+demo:
+	$(call setup,demo)
 	$(GO) run ./e2e/cmd/testhost -demo -timeout $(E2E_TIMEOUT) $(E2E_FLAGS)
 
 bench:
@@ -60,7 +77,11 @@ fmt:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); \
 	if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 
-check: fmt vet
+# go.mod and go.sum as `go mod tidy` leaves them (.ci/run checks it first).
+tidy:
+	@out=$$($(GO) mod tidy -diff) || { echo "go.mod is not tidy; run go mod tidy:"; echo "$$out"; exit 1; }
+
+check: fmt vet tidy
 
 clean:
 	rm -rf bin

@@ -1,14 +1,19 @@
 package testhost
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"os/exec"
+	"path"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/ptvmm/ptvmm/guest/initramfs"
@@ -23,7 +28,28 @@ const (
 // TestPackages expands patterns (go list syntax) to the import paths of
 // packages that have tests.
 func TestPackages(ctx context.Context, root string, patterns []string) ([]string, error) {
-	args := append([]string{"list", "-f", "{{if or .TestGoFiles .XTestGoFiles}}{{.ImportPath}}{{end}}"}, patterns...)
+	pkgs, err := ListTestPackages(ctx, root, patterns)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]string, len(pkgs))
+	for i, p := range pkgs {
+		out[i] = p.ImportPath
+	}
+	return out, nil
+}
+
+// Package is a package with tests, as go list reports it.
+type Package struct {
+	ImportPath string
+	Dir        string   // source directory
+	TestFiles  []string // _test.go file names (internal and external), in Dir
+}
+
+// ListTestPackages expands patterns (go list syntax) to the packages that
+// have tests, in go list's order.
+func ListTestPackages(ctx context.Context, root string, patterns []string) ([]Package, error) {
+	args := append([]string{"list", "-json=ImportPath,Dir,TestGoFiles,XTestGoFiles"}, patterns...)
 	cmd := exec.CommandContext(ctx, "go", args...)
 	cmd.Dir = root
 	out, err := cmd.Output()
@@ -35,7 +61,23 @@ func TestPackages(ctx context.Context, root string, patterns []string) ([]string
 		}
 		return nil, fmt.Errorf("testhost: go list %s: %w\n%s", strings.Join(patterns, " "), err, msg)
 	}
-	pkgs := strings.Fields(string(out))
+	var pkgs []Package
+	dec := json.NewDecoder(bytes.NewReader(out))
+	for {
+		var p struct {
+			ImportPath, Dir           string
+			TestGoFiles, XTestGoFiles []string
+		}
+		if err := dec.Decode(&p); err == io.EOF {
+			break
+		} else if err != nil {
+			return nil, fmt.Errorf("testhost: go list output: %w", err)
+		}
+		files := append(p.TestGoFiles, p.XTestGoFiles...)
+		if len(files) > 0 {
+			pkgs = append(pkgs, Package{ImportPath: p.ImportPath, Dir: p.Dir, TestFiles: files})
+		}
+	}
 	if len(pkgs) == 0 {
 		return nil, fmt.Errorf("testhost: no tests in %s", strings.Join(patterns, " "))
 	}
@@ -49,6 +91,7 @@ type Assets struct {
 	Kernel *Kernel
 	Init   string       // static guest agent: PID 1 of the test host and of the inner guest
 	VMRun  string       // static cmd/vmrun; "" when the repo has none yet
+	Runner string       // static runner of a RunPlan (see Options.Runner); "" when not built
 	Tests  []TestBinary // static test binaries built for the test host
 }
 
@@ -57,10 +100,22 @@ type TestBinary struct {
 	Pkg  string // import path
 	Path string // host path
 	Name string // file name, unique per package
+	// Testdata is the package's testdata directory on the host, "" when it
+	// has none; the test host gets a copy and runs the binary next to it.
+	Testdata string
 }
 
 // GuestPath is where the binary is inside the test host.
 func (b TestBinary) GuestPath() string { return TestHostAssets + "/tests/" + b.Name }
+
+// GuestDir is the binary's working directory inside the test host: the
+// parent of its testdata copy, or / without testdata.
+func (b TestBinary) GuestDir() string {
+	if b.Testdata == "" {
+		return "/"
+	}
+	return TestHostAssets + "/src/" + strings.TrimSuffix(b.Name, ".test")
+}
 
 // Options say what Prepare builds.
 type Options struct {
@@ -71,7 +126,11 @@ type Options struct {
 	// ./vmm/...) whose tests are built as static binaries for the test host;
 	// packages without tests are dropped.
 	TestPackages []string
-	Log          io.Writer
+	// Runner is the package (relative to Root) of a static command that runs
+	// a RunPlan when given PlanFlag (e2e/cmd/testhost); "" builds none, and
+	// then only one test binary can run per test host boot.
+	Runner string
+	Log    io.Writer
 }
 
 // Prepare builds the static agent, vmrun and the TestPackages' test
@@ -101,19 +160,22 @@ func Prepare(ctx context.Context, o Options) (*Assets, error) {
 			return nil, err
 		}
 	}
+	if o.Runner != "" {
+		a.Runner = filepath.Join(dir, AssetRunner)
+		if err := step("build runner", func() error { return goBuild(ctx, root, a.Runner, "build", o.Runner) }); err != nil {
+			return nil, err
+		}
+	}
 	if len(o.TestPackages) > 0 {
-		pkgs, err := TestPackages(ctx, root, o.TestPackages)
+		pkgs, err := ListTestPackages(ctx, root, o.TestPackages)
 		if err != nil {
 			return nil, err
 		}
-		for _, p := range pkgs {
-			b := TestBinary{Pkg: p, Name: strings.ReplaceAll(strings.TrimPrefix(p, modulePath+"/"), "/", "_") + ".test"}
-			b.Path = filepath.Join(dir, b.Name)
-			if err := step("build "+b.Name, func() error { return goBuild(ctx, root, b.Path, "test", "-c", p) }); err != nil {
-				return nil, err
-			}
-			a.Tests = append(a.Tests, b)
+		tests, err := buildTests(ctx, root, dir, pkgs, log)
+		if err != nil {
+			return nil, err
 		}
+		a.Tests = tests
 	}
 	if err := step("pack guest initramfs", a.packGuest); err != nil {
 		return nil, err
@@ -123,6 +185,37 @@ func Prepare(ctx context.Context, o Options) (*Assets, error) {
 		return nil, fmt.Errorf("testhost: %w", err)
 	}
 	return a, nil
+}
+
+// buildTests builds pkgs' test binaries into dir, two links at a time (go
+// parallelises the compiles itself), and returns them in pkgs' order.
+func buildTests(ctx context.Context, root, dir string, pkgs []Package, log io.Writer) ([]TestBinary, error) {
+	t := time.Now()
+	tests := make([]TestBinary, len(pkgs))
+	errs := make([]error, len(pkgs))
+	sem := make(chan struct{}, 2)
+	var wg sync.WaitGroup
+	for i, p := range pkgs {
+		b := TestBinary{Pkg: p.ImportPath, Name: strings.ReplaceAll(strings.TrimPrefix(p.ImportPath, modulePath+"/"), "/", "_") + ".test"}
+		b.Path = filepath.Join(dir, b.Name)
+		if td := filepath.Join(p.Dir, "testdata"); isDir(td) {
+			b.Testdata = td
+		}
+		tests[i] = b
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			errs[i] = goBuild(ctx, root, b.Path, "test", "-c", p.ImportPath)
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	fmt.Fprintf(log, "testhost: build %d test binaries (%.1fs)\n", len(tests), time.Since(t).Seconds())
+	return tests, nil
 }
 
 // GuestModules are the module groups the inner guest's initramfs carries in
@@ -181,16 +274,39 @@ var TestHostGroups = []string{"kvm", "tun"}
 // TestHostModules are loaded by the test host's agent, in this order.
 func (a *Assets) TestHostModules() ([]string, error) { return a.Kernel.Modules(TestHostGroups...) }
 
+// HostSpec is what one test host boot runs (see WriteTestHostInitramfs).
+type HostSpec struct {
+	// Cmd is the agent's command. Empty with Plan: the runner runs the plan.
+	Cmd string
+	Env []string // KEY=VALUE for the command
+	// Tests are packed under TestHostAssets/tests (with their testdata).
+	Tests []TestBinary
+	// Plan, when not empty, is packed as PlanPath for the runner.
+	Plan []RunStep
+}
+
+// PlanSteps is the plan that runs tests, each with args and then its
+// extra[b.Pkg] arguments, in the test host.
+func PlanSteps(tests []TestBinary, args []string, extra map[string][]string) []RunStep {
+	steps := make([]RunStep, len(tests))
+	for i, b := range tests {
+		a := append(append([]string(nil), args...), extra[b.Pkg]...)
+		steps[i] = RunStep{Pkg: b.Pkg, Path: b.GuestPath(), Args: a, Dir: b.GuestDir()}
+	}
+	return steps
+}
+
 // WriteTestHostInitramfs packs the test host: the agent as /init, the
-// TestHostGroups modules in its load list, cmd as the agent's command with
-// env, and the assets (the kernel cache, the guest initramfs, vmrun, the
-// tests binaries) under TestHostAssets.
-func (a *Assets) WriteTestHostInitramfs(path, cmd string, env []string, tests ...TestBinary) error {
+// TestHostGroups modules in its load list, h.Cmd (or the runner with
+// h.Plan) as the agent's command with h.Env, and the assets (the kernel
+// cache, the guest initramfs, vmrun, the runner, the tests binaries) under
+// TestHostAssets.
+func (a *Assets) WriteTestHostInitramfs(path string, h HostSpec) error {
 	mods, err := a.TestHostModules()
 	if err != nil {
 		return err
 	}
-	spec := initramfs.Spec{Init: a.Init, Cmd: cmd, Env: env}
+	spec := initramfs.Spec{Init: a.Init, Cmd: h.Cmd, Env: h.Env}
 	for _, m := range mods {
 		spec.Modules = append(spec.Modules, a.Kernel.ModulePath(m))
 	}
@@ -218,10 +334,50 @@ func (a *Assets) WriteTestHostInitramfs(path, cmd string, env []string, tests ..
 	if a.VMRun != "" {
 		add(a.VMRun, at(AssetVMRun), 0o755)
 	}
-	for _, b := range tests {
+	for _, b := range h.Tests {
 		add(b.Path, b.GuestPath(), 0o755)
+		if b.Testdata != "" {
+			if err := addTree(&spec, b.Testdata, b.GuestDir()+"/testdata"); err != nil {
+				return err
+			}
+		}
+	}
+	if len(h.Plan) > 0 {
+		if a.Runner == "" {
+			return errors.New("testhost: a plan needs the runner (Options.Runner)")
+		}
+		add(a.Runner, at(AssetRunner), 0o755)
+		plan, err := json.Marshal(h.Plan)
+		if err != nil {
+			return fmt.Errorf("testhost: plan: %w", err)
+		}
+		spec.Files = append(spec.Files, initramfs.File{Guest: PlanPath, Data: plan, Mode: 0o644})
+		if spec.Cmd == "" {
+			spec.Cmd = at(AssetRunner) + " " + PlanFlag + " " + PlanPath
+		}
 	}
 	return initramfs.BuildFile(path, spec)
+}
+
+// addTree adds the regular files under host to spec at guest.
+func addTree(spec *initramfs.Spec, host, guest string) error {
+	return filepath.WalkDir(host, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return fmt.Errorf("testhost: %w", err)
+		}
+		rel, err := filepath.Rel(host, p)
+		if err != nil {
+			return fmt.Errorf("testhost: %w", err)
+		}
+		g := path.Join(guest, filepath.ToSlash(rel))
+		switch {
+		case d.IsDir():
+			spec.Dirs = append(spec.Dirs, g)
+		case d.Type().IsRegular():
+			spec.Files = append(spec.Files, initramfs.File{Host: p, Guest: g})
+		}
+		return nil
+	})
 }
 
 // goBuild runs `go <args...> -o out` statically linked.
@@ -240,6 +396,11 @@ func goBuild(ctx context.Context, root, out string, args ...string) error {
 func exists(p string) bool {
 	_, err := os.Stat(p)
 	return err == nil
+}
+
+func isDir(p string) bool {
+	st, err := os.Stat(p)
+	return err == nil && st.IsDir()
 }
 
 // Cmdline is the test host's kernel command line. The agent's command is in

@@ -44,9 +44,17 @@ type Result struct {
 	Elapsed    time.Duration // qemu start to exit
 	ExitStatus int           // the agent's command status; -1 if never reported
 	Tests      []TestResult
-	Tail       []string // the last console lines
+	// Packages are the test binaries a RunPlan started, in order; the last
+	// one's ExitStatus stays -1 when the test host died while it ran.
+	Packages []PackageRun
+	Tail     []string // the last console lines
 
 	mu sync.Mutex // guards Silent while Boot runs
+
+	// Parsing state (Boot's goroutine only): the test whose output follows
+	// and each test's last log line, for skip reasons.
+	curTest string
+	lastLog map[string]string
 }
 
 // TailLines is how many console lines a Result keeps.
@@ -203,7 +211,35 @@ func (r *Result) line(line string, at time.Duration) {
 	if n, ok := ParseExitStatus(line); ok {
 		r.ExitStatus = n
 	}
+	if pkg, ok := parseRunStart(line); ok {
+		r.Packages = append(r.Packages, PackageRun{Pkg: pkg, ExitStatus: -1})
+		r.curTest, r.lastLog = "", nil
+		return
+	}
+	if pkg, n, ok := parseRunDone(line); ok {
+		if i := len(r.Packages) - 1; i >= 0 && r.Packages[i].Pkg == pkg {
+			r.Packages[i].ExitStatus = n
+		}
+		return
+	}
+	if m := testNameRE.FindStringSubmatch(line); m != nil {
+		r.curTest = m[1]
+		return
+	}
+	if m := testLogRE.FindStringSubmatch(line); m != nil && r.curTest != "" {
+		if r.lastLog == nil {
+			r.lastLog = map[string]string{}
+		}
+		r.lastLog[r.curTest] = m[1]
+		return
+	}
 	if t, ok := ParseResult(line); ok {
+		if n := len(r.Packages); n > 0 && r.Packages[n-1].ExitStatus == -1 {
+			t.Pkg = r.Packages[n-1].Pkg
+		}
+		if t.Status == "SKIP" {
+			t.Reason = r.lastLog[t.Name]
+		}
 		r.Tests = append(r.Tests, t)
 	}
 }

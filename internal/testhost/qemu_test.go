@@ -27,7 +27,7 @@ func TestBootParsesConsole(t *testing.T) {
 	require.NoError(t, err)
 	assert.Positive(t, res.Ready)
 	assert.Equal(t, 1, res.ExitStatus)
-	assert.Equal(t, []TestResult{{"TestA", "PASS", 500 * time.Millisecond}, {"TestB", "FAIL", time.Second}}, res.Tests)
+	assert.Equal(t, []TestResult{{Name: "TestA", Status: "PASS", Elapsed: 500 * time.Millisecond}, {Name: "TestB", Status: "FAIL", Elapsed: time.Second}}, res.Tests)
 	assert.Contains(t, console.String(), "ptvmm-agent: ready\n", "console lines lose their \\r")
 }
 

@@ -17,9 +17,9 @@ func TestParseResult(t *testing.T) {
 		want TestResult
 		ok   bool
 	}{
-		{"--- PASS: TestKVMSanity (0.21s)", TestResult{"TestKVMSanity", "PASS", 210 * time.Millisecond}, true},
-		{"    --- FAIL: TestBoot/status_7 (12.50s)", TestResult{"TestBoot/status_7", "FAIL", 12500 * time.Millisecond}, true},
-		{"        --- SKIP: TestX/a/b (0.00s)", TestResult{"TestX/a/b", "SKIP", 0}, true},
+		{"--- PASS: TestKVMSanity (0.21s)", TestResult{Name: "TestKVMSanity", Status: "PASS", Elapsed: 210 * time.Millisecond}, true},
+		{"    --- FAIL: TestBoot/status_7 (12.50s)", TestResult{Name: "TestBoot/status_7", Status: "FAIL", Elapsed: 12500 * time.Millisecond}, true},
+		{"        --- SKIP: TestX/a/b (0.00s)", TestResult{Name: "TestX/a/b", Status: "SKIP"}, true},
 		{"        \t            \t    --- PASS: TestQuoted (2.46s)", TestResult{}, false},
 		{"x--- PASS: TestX (0.00s)", TestResult{}, false},
 		{"=== RUN   TestKVMSanity", TestResult{}, false},

@@ -21,7 +21,6 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"time"
 
@@ -41,90 +40,127 @@ type options struct {
 	// testTimeout caps one test binary's -test.timeout in the test host.
 	testTimeout time.Duration
 	single      bool
+	mode        string // auto, direct, qemu
+	verbose     bool
 }
 
 func main() {
 	var (
-		mode    = flag.String("mode", "auto", "auto: direct when the host has VT-x/AMD-V, else qemu; or direct, qemu")
-		timeout = flag.Duration("timeout", 10*time.Minute, "hard limit for the whole run")
+		mode    = flag.String("mode", "auto", "auto: the kvm tier directly when /dev/kvm is usable, the others when the host has VT-x/AMD-V, else in the QEMU test host; or direct, qemu")
+		timeout = flag.Duration("timeout", 10*time.Minute, "hard limit for the test host runs (or the demo), from when they start")
 		run     = flag.String("run", "", "run only tests matching this regexp (go test -run)")
-		pkgs    = flag.String("pkgs", "./e2e", "comma-separated packages whose tests run (go list patterns)")
+		pkgs    = flag.String("pkgs", "./e2e", "comma-separated packages whose tests run in the test host (go list patterns); without -tiers")
+		tiers   = flag.String("tiers", "", "comma-separated test tiers to run and summarise: unit, race, kvm, e2e (make test); empty: run -pkgs")
+		kvmPkgs = flag.String("kvm-pkgs", "auto", "the kvm tier's packages (go list patterns, comma-separated); auto: those whose tests need /dev/kvm or a TAP")
+		plan    = flag.String("plan", "", "run the test binaries of this plan file (the runner's mode inside the test host)")
 		demo    = flag.Bool("demo", false, "boot the guest and show its console instead of running tests")
 		command = flag.String("cmd", "", "run this command in the test host instead of the tests (debugging)")
 		keep    = flag.Bool("keep", false, "keep the work directory")
 		glog    = flag.Bool("guestlog", false, "keep the inner guest's kernel log on its console (slower)")
+		verbose = flag.Bool("v", false, "print every test's output in the tiers run on this machine")
 		mem     = flag.Int("mem", 4096, "test host memory in MiB")
-		cpus    = flag.Int("smp", 1, "test host vCPUs (more than 1 makes QEMU 7.2's TCG nested SVM unreliable, see README)")
+		cpus    = flag.Int("smp", 1, "test host vCPUs (more than 1 makes QEMU 7.2's TCG nested SVM unreliable, see docs/testing.md)")
 		machine = flag.String("machine", "q35", "test host qemu -machine")
-		retries = flag.Int("retries", 0, "run tests that did not pass again, up to this many times, in a fresh test host (reported as FLAKY when they pass then)")
+		retries = flag.Int("retries", 0, "run tests that did not pass in the test host again, up to this many times, in a fresh test host (reported as FLAKY when they pass then)")
 		silence = flag.Duration("silence", 5*time.Minute, "kill the test host when its console is silent this long (0: never); longer than the e2e tests' 4-minute guest timeout, so a stuck inner guest is reported by its test first")
 		ttime   = flag.Duration("test-timeout", 10*time.Minute, "cap on one test binary's run in the test host (go test -timeout); 0: the rest of -timeout")
 		single  = flag.Bool("tcg-single", false, "run the test host's vCPUs on one TCG thread (-accel tcg,thread=single)")
 	)
 	flag.Parse()
-	start := time.Now()
-	o := options{run: *run, timeout: *timeout, deadline: start.Add(*timeout), machine: *machine, mem: *mem, cpus: *cpus, retries: *retries,
-		silence: *silence, single: *single, testTimeout: *ttime}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
-
+	if *plan != "" {
+		steps, err := testhost.ReadPlan(*plan)
+		check(err)
+		os.Exit(testhost.RunPlan(ctx, steps, os.Stdout))
+	}
+	start := time.Now()
+	o := options{run: *run, timeout: *timeout, machine: *machine, mem: *mem, cpus: *cpus, retries: *retries,
+		silence: *silence, single: *single, testTimeout: *ttime, mode: *mode, verbose: *verbose}
+	switch o.mode {
+	case "auto", "direct", "qemu":
+	default:
+		fatalf("-mode %q: want auto, direct or qemu", o.mode)
+	}
+	if *glog {
+		o.env = append(o.env, testhost.GuestLogEnv+"=1")
+	}
 	root, err := testhost.RepoRoot()
 	check(err)
-	kdir, err := testhost.KernelDir()
-	check(err)
-	k, err := testhost.LoadKernel(kdir)
-	check(err)
-	work, err := os.MkdirTemp("", "ptvmm-e2e-")
-	check(err)
-	if *keep {
-		fmt.Println("testhost: work directory", work)
-	}
 
-	direct := *mode == "direct"
-	if *mode == "auto" {
+	var code int
+	switch {
+	case *demo || *command != "":
+		code = runOne(ctx, root, o, *demo, *command, *keep)
+	default:
+		var list []string
+		if *tiers != "" {
+			list = strings.Split(*tiers, ",")
+		}
+		s := &suite{root: root, o: o, keep: *keep, kvmPkgs: *kvmPkgs, pkgs: strings.Split(*pkgs, ",")}
+		code = s.run(ctx, list)
+	}
+	fmt.Printf("testhost: total wall time %.1fs\n", time.Since(start).Seconds())
+	os.Exit(code)
+}
+
+// runOne boots the demo or -cmd: in the test host, or here with hardware KVM.
+func runOne(ctx context.Context, root string, o options, demo bool, command string, keep bool) int {
+	direct := o.mode == "direct"
+	if o.mode == "auto" {
 		ok, why := testhost.HardwareKVM()
 		direct = ok
 		if !ok {
 			fmt.Printf("testhost: %s; using the QEMU TCG test host\n", why)
 		}
 	}
-	tests := !*demo && *command == ""
-	patterns := strings.Split(*pkgs, ",")
-	popts := testhost.Options{Root: root, Dir: work, Kernel: k, Log: os.Stdout}
-	if tests && !direct {
-		popts.TestPackages = patterns
+	o.deadline = time.Now().Add(o.timeout)
+	a, cleanup, err := prepare(ctx, root, nil, keep)
+	check(err)
+	defer cleanup()
+	if demo {
+		command = demoCommand(a, direct)
+	}
+	return runCommand(ctx, a, command, direct, o)
+}
+
+// prepare builds the assets (and the test binaries of pkgs with the
+// runner) in a new work directory; cleanup removes it unless keep.
+func prepare(ctx context.Context, root string, pkgs []string, keep bool) (*testhost.Assets, func(), error) {
+	kdir, err := testhost.KernelDir()
+	if err != nil {
+		return nil, nil, err
+	}
+	k, err := testhost.LoadKernel(kdir)
+	if err != nil {
+		return nil, nil, err
+	}
+	work, err := os.MkdirTemp("", "ptvmm-e2e-")
+	if err != nil {
+		return nil, nil, fmt.Errorf("testhost: %w", err)
+	}
+	cleanup := func() {
+		if !keep {
+			os.RemoveAll(work)
+		}
+	}
+	if keep {
+		fmt.Println("testhost: work directory", work)
+	}
+	popts := testhost.Options{Root: root, Dir: work, Kernel: k, Log: os.Stdout, TestPackages: pkgs}
+	if len(pkgs) > 0 {
+		popts.Runner = runnerPkg
 	}
 	a, err := testhost.Prepare(ctx, popts)
 	if err != nil {
 		os.RemoveAll(work)
-		fatalf("%v", err)
+		return nil, nil, err
 	}
-
-	if *glog {
-		o.env = append(o.env, testhost.GuestLogEnv+"=1")
-	}
-	var code int
-	switch {
-	case *demo:
-		code = runCommand(ctx, a, demoCommand(a, direct), direct, o)
-	case *command != "":
-		code = runCommand(ctx, a, *command, direct, o)
-	case direct:
-		code = runDirectTests(ctx, a, patterns, o)
-	default:
-		code = 0
-		for _, b := range a.Tests {
-			if c := runTestBinary(ctx, a, b, o); c != 0 {
-				code = c
-			}
-		}
-	}
-	fmt.Printf("testhost: total wall time %.1fs\n", time.Since(start).Seconds())
-	if !*keep {
-		os.RemoveAll(work)
-	}
-	os.Exit(code)
+	return a, cleanup, nil
 }
+
+// runnerPkg is this command, which runs a plan in the test host (-plan).
+const runnerPkg = "./e2e/cmd/testhost"
 
 // demoCommand boots the inner guest with vmrun and a visible command.
 func demoCommand(a *testhost.Assets, direct bool) string {
@@ -153,21 +189,12 @@ func shellJoin(args []string) string {
 	return strings.Join(q, " ")
 }
 
-// runDirectTests runs go test on this host, which has hardware KVM.
-func runDirectTests(ctx context.Context, a *testhost.Assets, patterns []string, o options) int {
-	args := []string{"test", "-v", "-count=1", "-timeout", o.timeout.String()}
-	if o.run != "" {
-		args = append(args, "-run", o.run)
-	}
-	return runHost(ctx, a, o, "go", append(args, patterns...)...)
-}
-
 // runCommand runs a command (demo, -cmd) in the test host or here.
 func runCommand(ctx context.Context, a *testhost.Assets, command string, direct bool, o options) int {
 	if direct {
 		return runHost(ctx, a, o, "sh", "-c", command)
 	}
-	res, ok := boot(ctx, a, command, o)
+	res, ok := boot(ctx, a, testhost.HostSpec{Cmd: command, Env: o.env}, o)
 	printSummary(res)
 	if !ok || res == nil || res.ExitStatus != 0 {
 		fmt.Println("testhost: FAIL")
@@ -195,108 +222,27 @@ func runHost(ctx context.Context, a *testhost.Assets, o options, name string, ar
 	return 0
 }
 
-// runTestBinary boots the test host running one package's test binary and
-// prints go test's summary line for it. With o.retries, tests that did not pass
-// (failed, or never reached because the test host died) run again in a fresh test
-// host; a test that passes only then is reported as FLAKY, never silently.
-func runTestBinary(ctx context.Context, a *testhost.Assets, b testhost.TestBinary, o options) int {
-	t := time.Now()
-	res, ok := runTestsOnce(ctx, a, b, o, "")
-	for try := 0; !ok && try < o.retries && res != nil && time.Until(o.deadline) > 2*time.Minute; try++ {
-		failed, skip := splitResults(res)
-		fmt.Printf("testhost: retrying in a fresh test host (failed: %s); the %d tests that passed are skipped\n",
-			strings.Join(failed, ", "), len(skip))
-		skipRE := ""
-		if len(skip) > 0 {
-			skipRE = "^(" + strings.Join(skip, "|") + ")$"
-		}
-		if res, ok = runTestsOnce(ctx, a, b, o, skipRE); ok {
-			fmt.Printf("testhost: FLAKY: %s failed on the first run and passed on the retry\n", strings.Join(failed, ", "))
-		}
-	}
-	el := time.Since(t).Seconds()
-	if !ok {
-		fmt.Printf("FAIL\t%s\t%.3fs\n", b.Pkg, el)
-		return 1
-	}
-	fmt.Printf("ok  \t%s\t%.3fs\n", b.Pkg, el)
-	return 0
-}
-
-// runTestsOnce boots one test host for the binary; ok means every test it ran
-// passed or skipped and the binary exited 0.
-func runTestsOnce(ctx context.Context, a *testhost.Assets, b testhost.TestBinary, o options, skip string) (*testhost.Result, bool) {
-	command := testCommand(b, o, skip, time.Until(o.deadline))
-	res, ok := boot(ctx, a, command, o, b)
-	printSummary(res)
-	if res != nil {
-		for _, tr := range res.Tests {
-			if tr.Status == "FAIL" {
-				ok = false
-			}
-		}
-		if len(res.Tests) == 0 {
-			fmt.Println("  no test results on the console")
-			ok = false
-		}
-		if res.ExitStatus != 0 {
-			ok = false
-		}
-	}
-	return res, ok
-}
-
-// testCommand is the test host's command for b with remaining time left.
-func testCommand(b testhost.TestBinary, o options, skip string, left time.Duration) string {
-	// Leave the binary a minute less than qemu so it reports its own timeout.
-	inner := left - time.Minute
-	if inner < time.Minute {
-		inner = left / 2
-	}
-	// A test host that hangs while still printing (RCU stall reports) is ended by
-	// the binary's own timeout, early enough to leave time for a retry.
-	if o.testTimeout > 0 && inner > o.testTimeout {
-		inner = o.testTimeout
-	}
-	command := fmt.Sprintf("%s -test.v -test.timeout=%s", b.GuestPath(), inner.Round(time.Second))
-	if o.run != "" {
-		command += " " + shellJoin([]string{"-test.run=" + o.run})
-	}
-	if skip != "" {
-		command += " " + shellJoin([]string{"-test.skip=" + skip})
-	}
-	return command
-}
-
-// splitResults lists the top-level tests that failed and those that passed or
-// skipped (to skip on a retry). Tests never reached are in neither list.
-func splitResults(res *testhost.Result) (failed, done []string) {
-	for _, tr := range res.Tests {
-		if strings.Contains(tr.Name, "/") {
-			continue
-		}
-		if tr.Status == "FAIL" {
-			failed = append(failed, tr.Name)
-		} else {
-			done = append(done, regexp.QuoteMeta(tr.Name))
-		}
-	}
-	if len(failed) == 0 {
-		failed = []string{"(none reported: the test host stopped early)"}
-	}
-	return failed, done
-}
-
-// boot packs the test host for command and runs it; ok is false when the
-// boot itself failed (timeout, qemu error, agent never ready).
-func boot(ctx context.Context, a *testhost.Assets, command string, o options, tests ...testhost.TestBinary) (*testhost.Result, bool) {
+// boot packs the test host for h and runs it; ok is false when the boot
+// itself failed (timeout, qemu error, agent never ready).
+func boot(ctx context.Context, a *testhost.Assets, h testhost.HostSpec, o options) (*testhost.Result, bool) {
 	t := time.Now()
 	initrd := filepath.Join(a.Dir, "testhost.cpio")
-	check(a.WriteTestHostInitramfs(initrd, command, o.env, tests...))
+	if err := a.WriteTestHostInitramfs(initrd, h); err != nil {
+		fmt.Println(err)
+		return nil, false
+	}
 	st, err := os.Stat(initrd)
-	check(err)
+	if err != nil {
+		fmt.Println("testhost:", err)
+		return nil, false
+	}
 	fmt.Printf("testhost: pack test host initramfs, %d MiB (%.1fs)\n", st.Size()>>20, time.Since(t).Seconds())
-	fmt.Printf("testhost: test host command: %s\n", command)
+	if h.Cmd != "" {
+		fmt.Printf("testhost: test host command: %s\n", h.Cmd)
+	}
+	for _, s := range h.Plan {
+		fmt.Printf("testhost: test host runs %s %s\n", s.Path, strings.Join(s.Args, " "))
+	}
 	remaining := time.Until(o.deadline)
 	if remaining <= 0 {
 		fmt.Println("testhost: no time left (-timeout)")
