@@ -88,7 +88,7 @@ func InTestHost() bool {
 // AMD-V; when not, why says what is missing.
 func HardwareKVM() (ok bool, why string) {
 	if !cpuHasVirt() {
-		return false, "CPU has no vmx/svm flag (software KVM cannot boot Linux; use make e2e)"
+		return false, "CPU has no vmx/svm flag (a software KVM cannot boot Linux)"
 	}
 	fd, err := unix.Open("/dev/kvm", unix.O_RDWR|unix.O_CLOEXEC, 0)
 	if err != nil {

@@ -97,8 +97,9 @@ func main() {
 		if *tiers != "" {
 			list = strings.Split(*tiers, ",")
 		}
-		s := &suite{root: root, o: o, keep: *keep, kvmPkgs: *kvmPkgs, pkgs: strings.Split(*pkgs, ",")}
-		code = s.run(ctx, list)
+		s := &suite{root: root, o: o, keep: *keep, kvmPkgs: *kvmPkgs, pkgs: strings.Split(*pkgs, ","), start: start}
+		code = s.run(ctx, list) // its last line is the summary
+		os.Exit(code)
 	}
 	fmt.Printf("testhost: total wall time %.1fs\n", time.Since(start).Seconds())
 	os.Exit(code)

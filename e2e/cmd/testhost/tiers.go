@@ -26,6 +26,7 @@ type suite struct {
 	keep    bool
 	kvmPkgs string   // -kvm-pkgs
 	pkgs    []string // -pkgs, without -tiers
+	start   time.Time
 }
 
 // tier is one tier's plan and result.
@@ -36,6 +37,7 @@ type tier struct {
 	direct bool     // a host tier run with go test on this machine
 	t      tally
 	ran    bool
+	el     time.Duration // wall time; test host tiers share theirs
 }
 
 // run runs the tiers (nil: -pkgs as one tier) and prints the summary; it
@@ -57,8 +59,9 @@ func (s *suite) run(ctx context.Context, names []string) int {
 		case "unit":
 			fmt.Println("\n== tier unit: go test ./... ==")
 			t.how = "go test ./..."
+			st := time.Now()
 			t.t = goTest{args: s.runArgs("./..."), stream: s.o.verbose}.run(ctx, s.root, os.Stdout)
-			t.ran = true
+			t.ran, t.el = true, time.Since(st)
 		case "race":
 			pkgs, err := s.racePackages(ctx)
 			if err != nil {
@@ -68,8 +71,9 @@ func (s *suite) run(ctx context.Context, names []string) int {
 			}
 			t.how = fmt.Sprintf("go test -race -short, %d packages without Linux guests", len(pkgs))
 			fmt.Printf("\n== tier race: %s ==\n", t.how)
+			st := time.Now()
 			t.t = goTest{args: s.runArgs(append([]string{"-race", "-short"}, pkgs...)...), stream: s.o.verbose}.run(ctx, s.root, os.Stdout)
-			t.ran = true
+			t.ran, t.el = true, time.Since(st)
 		default:
 			if err := s.planHostTier(ctx, t); err != nil {
 				t.t.failPackage(t.name, err.Error())
@@ -228,13 +232,14 @@ func (s *suite) runHostTiers(ctx context.Context, tiers []*tier) {
 			continue
 		}
 		fmt.Printf("\n== tier %s: go test (%s) ==\n", t.name, t.how)
+		st := time.Now()
 		args := append([]string{"-count=1", "-timeout", time.Until(o.deadline).Round(time.Second).String()}, t.pkgs...)
 		g := goTest{args: s.runArgs(args...), stream: o.verbose || t.name != "kvm"}
 		if a != nil {
 			g.env = append([]string{"PTVMM_E2E_DIR=" + a.Dir}, o.env...)
 		}
 		t.t = g.run(ctx, s.root, os.Stdout)
-		t.ran = true
+		t.ran, t.el = true, time.Since(st)
 	}
 	if len(inHost) == 0 {
 		return
@@ -246,12 +251,14 @@ func (s *suite) runHostTiers(ctx context.Context, tiers []*tier) {
 		}
 	}
 	fmt.Printf("\n== tier %s: in the QEMU TCG test host, one boot for %d packages ==\n", strings.Join(names, " and "), len(inHost))
+	st := time.Now()
 	results := runInTestHost(ctx, a, a.Tests, o)
+	el := time.Since(st)
 	for _, t := range tiers {
 		if t.direct {
 			continue
 		}
-		t.ran = true
+		t.ran, t.el = true, el
 		for _, pkg := range t.pkgs {
 			r := results[pkg]
 			if r == nil {
@@ -283,7 +290,7 @@ func (s *suite) summary(w io.Writer, tiers []*tier) int {
 		}
 	}
 	var total tally
-	fmt.Fprintln(w, "\ntesthost: test summary")
+	fmt.Fprintf(w, "\ntesthost: test summary (total wall time %s)\n", time.Since(s.start).Round(time.Second))
 	for _, t := range tiers {
 		if !t.ran {
 			continue
@@ -295,7 +302,7 @@ func (s *suite) summary(w io.Writer, tiers []*tier) int {
 		if t.t.flaky > 0 {
 			extra += fmt.Sprintf(" (%d FLAKY: passed on a retry)", t.t.flaky)
 		}
-		fmt.Fprintf(w, "  %-5s %-48s %s%s\n", t.name, t.how, t.t.line(), extra)
+		fmt.Fprintf(w, "  %-5s %-48s %6s  %s%s\n", t.name, t.how, t.el.Round(time.Second), t.t.line(), extra)
 		if t.name != "unit" && t.name != "race" {
 			var list []string
 			for _, sk := range t.t.skipped {
