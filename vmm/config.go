@@ -37,6 +37,11 @@ type Config struct {
 	Console io.Writer
 	Input   io.Reader
 
+	// Network holds the switches and pipes that NICs with a Port attach to; VMs on
+	// one Network are connected. Nil: DefaultNetwork, shared by every VM of the
+	// process that names none.
+	Network *Network
+
 	// Force runs a Linux guest even where KVM lacks hardware virtualization.
 	Force bool
 

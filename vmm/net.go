@@ -6,6 +6,7 @@ import (
 	"sync"
 
 	"github.com/ptvmm/ptvmm/backends"
+	"github.com/ptvmm/ptvmm/backends/netmap"
 	"github.com/ptvmm/ptvmm/backends/tap"
 	"github.com/ptvmm/ptvmm/devices/virtio"
 	"github.com/ptvmm/ptvmm/devices/virtionet"
@@ -14,11 +15,40 @@ import (
 	"github.com/ptvmm/ptvmm/vmm/pci"
 )
 
-// NIC describes one virtio-net device backed by a TAP interface.
+// NICModel is a NIC's device model.
+type NICModel int
+
+const (
+	// NICVirtio is a virtio-net device (the default).
+	NICVirtio NICModel = iota
+	// NICPtnet is netmap passthrough: a ptnet device and a ptnetmap memdev whose BAR is
+	// the port's netmap memory, so the guest works on the port's rings directly.
+	NICPtnet
+)
+
+func (m NICModel) String() string {
+	switch m {
+	case NICVirtio:
+		return "virtio-net"
+	case NICPtnet:
+		return "ptnet"
+	}
+	return fmt.Sprintf("nicmodel(%d)", int(m))
+}
+
+// NIC describes one network device: virtio-net on a TAP interface or on a netmap
+// port, or ptnet on a netmap port.
 type NIC struct {
-	// Tap is the host interface name. It is created (and removed when the VM is
-	// closed) when it does not exist and the process may create it.
+	// Model is the device (default NICVirtio).
+	Model NICModel
+	// Tap is the host interface name of a virtio-net NIC. It is created (and removed
+	// when the VM is closed) when it does not exist and the process may create it.
 	Tap string
+	// Port, instead of Tap, is a netmap port of the VM's Network: "valeX:Y" (port Y
+	// on switch valeX, created on first use) or "name{N" / "name}N" (an end of pipe
+	// N). Required for NICPtnet. Frames on a port are plain Ethernet, so a
+	// virtio-net NIC on a port offers no offloads.
+	Port string
 	// MAC is the guest's address; zero picks 52:54:00:12:34:56 plus the NIC index.
 	MAC [6]byte
 	// Queues is the number of queue pairs (default 1); > 1 opens a multi-queue TAP.
@@ -51,6 +81,7 @@ type NICDevice struct {
 	msix     *notify.MSIXVectors
 	intx     *notify.Interrupt
 	resample *notify.Worker
+	release  func() error // gives back a Network port
 	once     sync.Once
 }
 
@@ -81,15 +112,27 @@ func (v *VM) AddNIC(index int, n NIC) (_ *NICDevice, err error) {
 	if n.MAC == [6]byte{} {
 		n.MAC = DefaultMAC(index)
 	}
+	if err := n.check(); err != nil {
+		return nil, fmt.Errorf("vmm: NIC %d: %w", index, err)
+	}
 	nd := &NICDevice{}
 	defer func() {
 		if err != nil {
 			nd.Close()
 		}
 	}()
+	if n.Model == NICPtnet {
+		return nil, errors.New("vmm: ptnet pending")
+	}
 	logf := func(format string, args ...any) { v.log.Warn(fmt.Sprintf(format, args...)) }
 	ncfg := virtionet.Config{MAC: n.MAC, Ports: n.Ports, VnetHdr: n.PortsVnetHdr, MTU: n.MTU, NoOffloads: n.NoOffloads, Logf: logf}
-	if len(n.Ports) == 0 {
+	if n.Port != "" {
+		ep, err := v.Network().OpenEndpoint(n.Port)
+		if err != nil {
+			return nil, fmt.Errorf("vmm: NIC %d: %w", index, err)
+		}
+		ncfg.Ports = []backends.Port{ep}
+	} else if len(n.Ports) == 0 {
 		if !tap.Exists(n.Tap) {
 			if ok, why := tap.CanCreate(); !ok {
 				return nil, fmt.Errorf("vmm: TAP %s does not exist and cannot be created (%s): create it with `ip tuntap add %s mode tap user $USER`", n.Tap, why, n.Tap)
@@ -157,8 +200,47 @@ func (v *VM) AddNIC(index int, n NIC) (_ *NICDevice, err error) {
 	// Closed with the VM at the latest, while its fd can still deassign our
 	// doorbells and interrupts (Close is idempotent, so an earlier Close is fine).
 	v.OnClose(nd.Close)
-	v.log.Debug("nic added", "index", index, "tap", n.Tap, "slot", slot, "queues", n.Queues, "mac", fmt.Sprintf("%x", n.MAC))
+	v.log.Debug("nic added", "index", index, "tap", n.Tap, "port", n.Port, "slot", slot, "queues", n.Queues, "mac", fmt.Sprintf("%x", n.MAC))
 	return nd, nil
+}
+
+// check rejects contradictory NIC settings.
+func (n *NIC) check() error {
+	switch n.Model {
+	case NICVirtio:
+		backendsGiven := 0
+		for _, set := range []bool{n.Tap != "", n.Port != "", len(n.Ports) > 0} {
+			if set {
+				backendsGiven++
+			}
+		}
+		if backendsGiven != 1 {
+			return errors.New("a virtio-net NIC needs exactly one of Tap, Port or Ports")
+		}
+		if n.Port != "" && n.Queues > 1 {
+			return fmt.Errorf("port %s: a NIC on a netmap port has one queue pair", n.Port)
+		}
+	case NICPtnet:
+		if n.Port == "" || n.Tap != "" || len(n.Ports) > 0 {
+			return errors.New("a ptnet NIC needs Port (valeX:Y or a pipe end) and no Tap or Ports")
+		}
+		if n.Queues > 1 {
+			return errors.New("a ptnet NIC takes its ring count from the port (@conf:rings=N), not Queues")
+		}
+	default:
+		return fmt.Errorf("unknown NIC model %d", int(n.Model))
+	}
+	if _, err := checkPortNameIfSet(n.Port); err != nil {
+		return err
+	}
+	return nil
+}
+
+func checkPortNameIfSet(name string) (netmap.Name, error) {
+	if name == "" {
+		return netmap.Name{}, nil
+	}
+	return checkPortName(name)
 }
 
 // Close stops the device and releases the TAP (removing it if AddNIC created it),
@@ -188,6 +270,9 @@ func (nd *NICDevice) Close() error {
 		}
 		if nd.msix != nil {
 			err = errors.Join(err, nd.msix.Close())
+		}
+		if nd.release != nil {
+			err = errors.Join(err, nd.release())
 		}
 	})
 	return err

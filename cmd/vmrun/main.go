@@ -1,7 +1,13 @@
 // Command vmrun boots a Linux guest on KVM with its console on stdio:
 //
 //	vmrun [-kernel PATH] [-initrd PATH] [-append STR] [-m 512M] [-cpus 2] [-v] [-force]
-//	      [-net virtio,tap=NAME[,mac=MAC][,queues=N][,mtu=N]] [-s SLOT,virtio-net,TAP]
+//	      [-net virtio,tap=NAME|port=PORT[,mac=MAC][,queues=N][,mtu=N]] [-net ptnet,port=PORT]
+//	      [-s SLOT,virtio-net,TAP|PORT] [-s SLOT,ptnet,PORT] [-switch-tap valeX:TAP]
+//
+// A PORT is a netmap port inside vmrun: "valeX:Y" (port Y on switch valeX, which is
+// created on first use) or "name{N" / "name}N" (the two ends of pipe N). A ptnet NIC
+// is netmap passthrough: the guest maps the port's rings and buffers (a ptnetmap
+// memdev is added for the port's memory). -switch-tap joins a host TAP to a switch.
 //
 // Without -kernel it boots the kernel `make kernel` provisioned; without -initrd, an
 // initramfs holding the ptvmm guest agent as /init: vmrun itself when it is statically
@@ -52,9 +58,19 @@ func run(start time.Time, args []string) int {
 	verbose := fs.Bool("v", false, "print timings and VMM events to stderr")
 	force := fs.Bool("force", os.Getenv("PTVMM_FORCE") != "", "boot even where KVM has no hardware virtualization (also $PTVMM_FORCE)")
 	var nics nicFlags
-	fs.Var(netFlag{&nics}, "net", "add a virtio-net NIC: "+netUsage+" (repeatable)")
-	fs.Var(slotFlag{&nics}, "s", "add a NIC bhyve-style: SLOT,virtio-net,TAP[,mac=MAC] (repeatable)")
+	var switchTaps [][2]string
+	fs.Var(netFlag{&nics}, "net", "add a NIC: "+netUsage+"; "+portForms+" (repeatable)")
+	fs.Var(slotFlag{&nics}, "s", "add a NIC bhyve-style: "+slotUsage+" (repeatable)")
+	fs.Var(switchTapFlag{&switchTaps}, "switch-tap", "join host TAP to a switch: valeX:TAPNAME (repeatable)")
+	// A mistake gets one line; -h gets the usage.
+	fs.SetOutput(io.Discard)
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fs.SetOutput(os.Stderr)
+			fs.Usage()
+			return 2
+		}
+		fmt.Fprintf(os.Stderr, "vmrun: %v (see vmrun -h)\n", err)
 		return 2
 	}
 	if err := checkNICs(nics.nics); err != nil {
@@ -110,6 +126,12 @@ func run(start time.Time, args []string) int {
 		return hostError(err)
 	}
 	defer vm.Close()
+	defer vmm.DefaultNetwork.Close() // after the NICs: removes TAPs it created
+	for _, st := range switchTaps {
+		if err := vmm.DefaultNetwork.AttachTap(st[0], st[1]); err != nil {
+			return hostError(err)
+		}
+	}
 	for i, n := range nics.nics {
 		nd, err := vm.AddNIC(i, n)
 		if err != nil {

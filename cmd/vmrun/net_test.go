@@ -18,10 +18,26 @@ func TestParseNet(t *testing.T) {
 	nic, err = parseNet("virtio,tap=t1")
 	require.NoError(t, err)
 	assert.Equal(t, vmm.NIC{Tap: "t1"}, nic)
+	nic, err = parseNet("virtio,port=vale0:vm2")
+	require.NoError(t, err)
+	assert.Equal(t, vmm.NIC{Port: "vale0:vm2"}, nic)
+	nic, err = parseNet("ptnet,port=vale1:x@conf:rings=2,mac=02:00:00:00:00:09")
+	require.NoError(t, err)
+	assert.Equal(t, vmm.NIC{Model: vmm.NICPtnet, Port: "vale1:x@conf:rings=2", MAC: [6]byte{2, 0, 0, 0, 0, 9}}, nic)
 
 	bad := map[string]string{
-		"e1000,tap=tap0":                     "only model",
-		"virtio":                             "tap=NAME is required",
+		"e1000,tap=tap0":                     "not virtio or ptnet",
+		"virtio":                             "tap=NAME or port=PORT is required",
+		"virtio,tap=t,port=vale0:a":          "not both",
+		"virtio,port=tap0":                   "switch port valeX:Y",
+		"virtio,port=vale0:":                 "port=",
+		"virtio,port=pipe{":                  "port=",
+		"virtio,port=netmap:eth0":            "switch port valeX:Y",
+		"ptnet":                              "ptnet needs port=PORT",
+		"ptnet,tap=tap0":                     "use port=PORT",
+		"ptnet,port=vale0:a,queues=2":        "@conf:rings=N",
+		"ptnet,port=vale0:a,mtu=1500":        "no mtu= option",
+		"ptnet,port=vale0:a,color=red":       "(port, mac)",
 		"virtio,tap":                         "not key=value",
 		"virtio,tap=":                        "not key=value",
 		"virtio,tap=a-name-far-too-long-x":   "interface name",
@@ -48,17 +64,29 @@ func TestParseSlot(t *testing.T) {
 	nic, err = parseSlot("31,virtio-net,t")
 	require.NoError(t, err)
 	assert.Equal(t, 31, nic.Slot)
+	// bhyve's forms: ptnet on a switch port or a pipe end, virtio-net on a switch port.
+	nic, err = parseSlot("4,ptnet,vale0:vm1")
+	require.NoError(t, err)
+	assert.Equal(t, vmm.NIC{Model: vmm.NICPtnet, Port: "vale0:vm1", Slot: 4}, nic)
+	nic, err = parseSlot("5,ptnet,pipe0{1")
+	require.NoError(t, err)
+	assert.Equal(t, vmm.NIC{Model: vmm.NICPtnet, Port: "pipe0{1", Slot: 5}, nic)
+	nic, err = parseSlot("6,virtio-net,vale0:vm2")
+	require.NoError(t, err)
+	assert.Equal(t, vmm.NIC{Port: "vale0:vm2", Slot: 6}, nic)
 
 	bad := map[string]string{
-		"2,virtio-net":         "SLOT,virtio-net,TAPNAME",
-		"0,virtio-net,tap0":    "1..31",
-		"32,virtio-net,tap0":   "1..31",
-		"x,virtio-net,tap0":    "1..31",
-		"2:1,virtio-net,tap0":  "function 0",
-		"2,virtio-blk,disk":    "not supported",
-		"2,virtio-net,vale0:1": "only TAP backends",
-		"2,virtio-net,t,tap=u": "not mac=",
-		"2,virtio-net,t,mtu=1": "MTU",
+		"2,virtio-net":                "SLOT,virtio-net,TAP|PORT",
+		"0,virtio-net,tap0":           "1..31",
+		"32,virtio-net,tap0":          "1..31",
+		"x,virtio-net,tap0":           "1..31",
+		"2:1,virtio-net,tap0":         "function 0",
+		"2,virtio-blk,disk":           "not supported",
+		"2,ptnet,tap0":                "switch port valeX:Y",
+		"2,ptnet,vale0:a,queues=2":    "@conf:rings=N",
+		"2,virtio-net,t,tap=u":        "not one of mac=",
+		"2,virtio-net,t,port=vale0:x": "not one of mac=",
+		"2,virtio-net,t,mtu=1":        "MTU",
 	}
 	for in, want := range bad {
 		_, err := parseSlot(in)
@@ -80,4 +108,22 @@ func TestNICFlagsRepeatAndCheck(t *testing.T) {
 	assert.Error(t, fs.Parse([]string{"-net", "bogus"}))
 	assert.ErrorContains(t, checkNICs([]vmm.NIC{{Tap: "a"}, {Tap: "a"}}), "two NICs")
 	assert.ErrorContains(t, checkNICs([]vmm.NIC{{Tap: "a", Slot: 3}, {Tap: "b", Slot: 3}}), "slot 3")
+	assert.ErrorContains(t, checkNICs([]vmm.NIC{{Port: "vale0:a"}, {Model: vmm.NICPtnet, Port: "vale0:a@conf:rings=2"}}), "two NICs")
+	require.NoError(t, checkNICs([]vmm.NIC{{Port: "vale0:a"}, {Model: vmm.NICPtnet, Port: "vale0:b"}, {Tap: "t"}}))
+}
+
+func TestSwitchTapFlag(t *testing.T) {
+	var taps [][2]string
+	f := switchTapFlag{&taps}
+	require.NoError(t, f.Set("vale0:tap0"))
+	assert.Equal(t, [][2]string{{"vale0", "tap0"}}, taps)
+	for in, want := range map[string]string{
+		"tap0":      "valeX:TAPNAME",
+		"vale0:":    "valeX:TAPNAME",
+		"sw0:tap0":  "valeX:TAPNAME",
+		"vale0:a/b": "valeX:TAPNAME",
+		"vale0:a:b": "valeX:TAPNAME",
+	} {
+		assert.ErrorContains(t, f.Set(in), want, in)
+	}
 }
