@@ -44,6 +44,8 @@ func init() {
 		"kvm":   {"kvm (print the /dev/kvm API version)", runKVM},
 		"kill":  {"kill [-signum] pid...", runKill},
 		"help":  {"help", runHelp},
+		// pktgen.go: a packet generator over a ptnet NIC.
+		"pktgen": {pktgenUsage, runPktgen},
 	}
 }
 
