@@ -132,6 +132,12 @@ func StartKloop(cfg KloopConfig) (*Kloop, error) {
 		}
 	}
 	l := newKloop(cfg, ks)
+	if cfg.Mode == notify.Poll {
+		// A polling loop never asks for kicks (CREATE set kern_need_kick = 1).
+		for _, r := range l.rings {
+			l.setKick(r, 0)
+		}
+	}
 	if l.wake, err = notify.NewEventFD(); err != nil {
 		return nil, fmt.Errorf("netmap: kloop %s: %w", cfg.Name, err)
 	}

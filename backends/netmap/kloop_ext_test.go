@@ -139,10 +139,17 @@ func TestKloopSwitchExactlyN(t *testing.T) {
 			done <- nil
 		}()
 		got, last := 0, -1
+		// The switch counts drops just after delivering: poll the counter with
+		// short waits rather than block on frames that will not come.
+		deadline := time.Now().Add(extWait)
 		for got+int(pb.Counters().DropNoSpace-drops0) < n {
-			ok, err := brx.Wait(extWait)
+			ok, err := brx.Wait(20 * time.Millisecond)
 			require.NoError(t, err)
-			require.True(t, ok, "window %d: stalled at %d received, %d dropped", window, got, pb.Counters().DropNoSpace-drops0)
+			if !ok {
+				require.True(t, time.Now().Before(deadline), "window %d: stalled at %d received, %d dropped", window, got, pb.Counters().DropNoSpace-drops0)
+				continue
+			}
+			deadline = time.Now().Add(extWait)
 			got += recvFrames(brx, func(f []byte) {
 				v := int(binary.BigEndian.Uint32(f[14:]))
 				assert.Greater(t, v, last, "frames stay in order")
@@ -160,7 +167,7 @@ func TestKloopSwitchExactlyN(t *testing.T) {
 		drops := int(cb.DropNoSpace - drops0)
 		t.Logf("window %d: received %d of %d, dropped %d; loop a %+v; driver a tx %+v", window, got, n, drops, a.Loop.Stats()[0], atx.Stats())
 		assert.Equal(t, n, got+drops, "received + counted drops = N")
-		assert.Equal(t, uint64(got), cb.RxFrames-rx0)
+		waitFor(t, "rx counter", func() bool { return pb.Counters().RxFrames-rx0 == uint64(got) })
 		if window > 0 {
 			assert.Zero(t, drops, "a receiver that keeps up loses nothing")
 		}
@@ -280,6 +287,8 @@ func TestKloopSwitchAttacks(t *testing.T) {
 	// A good frame after the bad ones: once B has it, the loop processed them all.
 	received := 0
 	good := func() {
+		// The app may reuse slots only once the loop took them (hwcur reached head).
+		waitFor(t, "hwcur", func() bool { return csb.HwCur(0) == head })
 		sendRaw(netmap.Slot{Len: 60})
 		rx := b.Driver.RxRing(0)
 		for before := received; received == before; {
@@ -294,16 +303,17 @@ func TestKloopSwitchAttacks(t *testing.T) {
 	t.Run("head beyond ring", func(t *testing.T) {
 		csb.SetHeadCur(0, 5000, 5000)
 		kick()
-		waitFor(t, "reinit", func() bool { return a.Loop.Stats()[0].Reinits == 1 })
+		// A kick still pending from the last frame may run the ring once more.
+		waitFor(t, "reinit", func() bool { return a.Loop.Stats()[0].Reinits >= 1 })
 		assert.Equal(t, uint32(1), csb.KernNeedKick(0))
-		assert.Equal(t, uint64(1), pa.Counters().RingReinits)
+		assert.Positive(t, pa.Counters().RingReinits)
 		csb.SetHeadCur(0, head, head) // hwcur did not move
 		good()
 	})
 	t.Run("rx head beyond ring", func(t *testing.T) {
 		csb.SetHeadCur(1, 64, 3)
 		require.NoError(t, a.Kicks[1].Signal())
-		waitFor(t, "reinit", func() bool { return a.Loop.Stats()[1].Reinits == 1 })
+		waitFor(t, "reinit", func() bool { return a.Loop.Stats()[1].Reinits >= 1 })
 		hw := csb.HwCur(1)
 		csb.SetHeadCur(1, hw, hw)
 	})
@@ -331,6 +341,6 @@ func TestKloopSwitchAttacks(t *testing.T) {
 		good()
 		assert.Equal(t, uint64(1), pa.Counters().DropFrags)
 	})
-	assert.Equal(t, uint64(received), pb.Counters().RxFrames)
+	waitFor(t, "rx counter", func() bool { return pb.Counters().RxFrames == uint64(received) })
 	assert.Zero(t, a.Loop.Stats()[0].Errors)
 }
