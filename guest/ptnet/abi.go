@@ -60,6 +60,7 @@ const (
 	RegNumRxSlots = 40
 	RegVnetHdrLen = 44
 	RegHostMemID  = 48
+	regEnd        = 68 // PTNET_IO_END
 	RegKickBase   = 128
 
 	PtctlCreate = 1

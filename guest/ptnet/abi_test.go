@@ -64,6 +64,7 @@ func TestABIMatchesModule(t *testing.T) {
 		"PTNET_VNET_HDR_LEN":           RegVnetHdrLen,
 		"PTNET_HOSTMEMID":              RegHostMemID,
 		"PTNET_KICK_BASE":              RegKickBase,
+		"PTNET_IO_END":                 regEnd,
 		"PTCTL_CREATE":                 PtctlCreate,
 		"PTCTL_DELETE":                 PtctlDelete,
 		"PTNET_MAX_RINGS":              maxRings,

@@ -203,10 +203,19 @@ func (d *Device) regWrite(off, val uint32) (uint32, error) {
 	return binary.LittleEndian.Uint32(b[4:]), nil
 }
 
-// ReadReg reads a ptnet register (offset below 68) through the module.
+// ReadReg reads a ptnet register (a 4-byte aligned offset below 68): a load
+// from the mapped BAR0, or an ioctl when BAR0 is I/O space.
 func (d *Device) ReadReg(off uint32) (uint32, error) {
+	if off%4 != 0 || off >= regEnd {
+		return 0, fmt.Errorf("ptnet: register %d: want a multiple of 4 below %d", off, regEnd)
+	}
+	d.mu.RLock()
+	defer d.mu.RUnlock()
 	if d.closed.Load() {
 		return 0, ErrClosed
+	}
+	if d.regs != nil {
+		return mmioRead32(d.regs, off), nil
 	}
 	b := encodeReg(off, 0)
 	if err := ioctlBuf(d.fd, iocRegRead, b); err != nil {

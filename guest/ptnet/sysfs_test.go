@@ -100,3 +100,11 @@ func TestOpenNotPtnet(t *testing.T) {
 	_, err := Open(Options{Dev: p})
 	assert.ErrorContains(t, err, "INFO")
 }
+
+func TestReadRegChecksOffset(t *testing.T) {
+	d := &Device{fd: -1}
+	for _, off := range []uint32{2, 68, 128, 1 << 31} {
+		_, err := d.ReadReg(off)
+		assert.Error(t, err, off)
+	}
+}
