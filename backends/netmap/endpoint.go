@@ -17,6 +17,11 @@ var _ backends.Port = (*Endpoint)(nil)
 // the port receives come out of Recv. Frames longer than a buffer use NS_MOREFRAG
 // chains.
 //
+// The ring memory may be shared with a peer that is not trusted (the other end of a
+// pipe, ports placed in one region with @share): Send and Recv take head and tail from
+// the kernel-side state (Kring), never back from the ring header, read each slot once,
+// and bound every walk by the ring size.
+//
 // Concurrency: as backends.Port (one Send and one Recv may run at once).
 type Endpoint struct {
 	p      *Port
@@ -25,12 +30,16 @@ type Endpoint struct {
 	rxk    *Kring
 	tx, rx *Ring
 	efd    int
+	roomfd int
 	ends   []int // Send scratch
 	// armed: the eventfd is empty and the next RX advance must write it. Producers
 	// write only on the armed->disarmed edge, so a burst costs one syscall.
 	armed atomic.Bool
+	// txWait: a Send may leave frames behind; the next TX room notification writes
+	// roomfd. roomSet: roomfd was written and not yet drained.
+	txWait, roomSet atomic.Bool
 
-	truncated atomic.Uint64
+	truncated, dropped atomic.Uint64
 }
 
 // NewEndpoint wraps p. If own is set, Close also closes p.
@@ -39,11 +48,17 @@ func NewEndpoint(p *Port, own bool) (*Endpoint, error) {
 	if err != nil {
 		return nil, fmt.Errorf("netmap: endpoint %s: eventfd: %w", p.name, err)
 	}
-	e := &Endpoint{p: p, own: own, txk: p.tx[0], rxk: p.rx[0], efd: efd}
+	roomfd, err := unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
+	if err != nil {
+		unix.Close(efd)
+		return nil, fmt.Errorf("netmap: endpoint %s: eventfd: %w", p.name, err)
+	}
+	e := &Endpoint{p: p, own: own, txk: p.tx[0], rxk: p.rx[0], efd: efd, roomfd: roomfd}
 	e.tx = p.UserRing(e.txk)
 	e.rx = p.UserRing(e.rxk)
 	e.armed.Store(true)
 	e.rxk.SetNotify(e.wake)
+	e.txk.SetNotify(e.room)
 	return e, nil
 }
 
@@ -55,6 +70,16 @@ func (e *Endpoint) wake() {
 	_, _ = unix.Write(e.efd, one[:]) // EAGAIN means already readable
 }
 
+// room runs when the TX ring may take more (a pipe peer released RX slots).
+func (e *Endpoint) room() {
+	if !e.txWait.Swap(false) {
+		return // no Send is waiting for room
+	}
+	var one = [8]byte{1}
+	_, _ = unix.Write(e.roomfd, one[:])
+	e.roomSet.Store(true)
+}
+
 // Name is the port name.
 func (e *Endpoint) Name() string { return e.p.name }
 
@@ -64,14 +89,31 @@ func (e *Endpoint) Port() *Port { return e.p }
 // Truncated counts received frames cut to the caller's buffer size.
 func (e *Endpoint) Truncated() uint64 { return e.truncated.Load() }
 
+// Dropped counts received MOREFRAG chains dropped because they could never end (they
+// fill every slot the ring gives its user).
+func (e *Endpoint) Dropped() uint64 { return e.dropped.Load() }
+
+// dist is the cyclic distance from a to b in a ring of n slots (a, b < n).
+func dist(a, b, n uint32) uint32 { return (b + n - a) % n }
+
 // Send writes frames into free TX slots and runs a txsync. It returns how many frames
 // the port took; frames it could not take now (ring or peer full) are taken back from
-// the ring, so nothing stays queued behind the caller's back.
+// the ring, so nothing stays queued behind the caller's back, and RoomFD becomes
+// readable once the port may take more.
 func (e *Endpoint) Send(frames [][]byte) (int, error) {
+	if e.roomSet.Swap(false) {
+		var drain [8]byte
+		_, _ = unix.Read(e.roomfd, drain[:])
+	}
+	// Announce before any sync that may leave frames behind: room freed from now on
+	// is signalled, so a caller that waits on RoomFD after a short Send cannot miss it.
+	e.txWait.Store(true)
 	r := e.tx
+	num := r.NumSlots()
 	bs := min(int(r.BufSize()), 0xffff) // slot len is a u16
-	head := r.Head()
-	space := r.Space()
+	st := e.txk.State()
+	start := st.RHead // the kernel's view of our head, not the shared header's
+	head, space := start, dist(st.RHead, st.RTail, num)
 	synced := false
 	written := 0       // slots written in this call
 	ends := e.ends[:0] // cumulative slot count at the end of each frame
@@ -83,11 +125,12 @@ func (e *Endpoint) Send(frames [][]byte) (int, error) {
 				return 0, err
 			}
 			synced = true
-			head, space = r.Head(), r.Space()
+			st = e.txk.State()
+			head, space = st.RHead, dist(st.RHead, st.RTail, num)
 		}
 		if uint32(need) > space {
-			if uint32(need) > r.NumSlots()-1 && len(ends) == 0 {
-				return 0, fmt.Errorf("netmap: %s: frame of %d bytes needs more than %d slots", e.p.name, len(f), r.NumSlots()-1)
+			if uint32(need) > num-1 && len(ends) == 0 {
+				return 0, fmt.Errorf("netmap: %s: frame of %d bytes needs more than %d slots", e.p.name, len(f), num-1)
 			}
 			break
 		}
@@ -116,13 +159,19 @@ func (e *Endpoint) Send(frames [][]byte) (int, error) {
 	}
 	e.ends = ends
 	r.SetHeadCur(head, head)
-	if err := e.txk.Sync(0); err != nil {
+	if err := e.txk.Sync(0); err != nil && !errors.Is(err, ErrRingReinit) {
 		return 0, err
 	}
-	done := written - int(e.txk.TxRetract())
+	e.txk.TxRetract()
+	// What the port consumed is how far hwcur moved; a ring reinitialised by a peer's
+	// corruption consumed nothing more, and nothing is claimed sent that was not.
+	done := int(dist(start, e.txk.State().HwCur, num))
 	sent := 0
 	for sent < len(ends) && ends[sent] <= done {
 		sent++
+	}
+	if sent == len(frames) {
+		e.txWait.Store(false) // nothing left behind (a signal sent meanwhile is spurious)
 	}
 	return sent, nil
 }
@@ -136,52 +185,60 @@ func (e *Endpoint) Recv(bufs [][]byte, lens []int) (int, error) {
 	// Re-arm before looking at the ring: an advance after this point signals again.
 	e.armed.Store(true)
 	r := e.rx
-	if err := e.rxk.Sync(ForceRead); err != nil {
+	num := r.NumSlots()
+	// A peer sharing the region may have written our head; the prologue then
+	// reinitialises the ring from the kernel state, which is all we use below.
+	if err := e.rxk.Sync(ForceRead); err != nil && !errors.Is(err, ErrRingReinit) {
 		return 0, err
 	}
-	head, tail := r.Head(), r.Tail()
+	st := e.rxk.State()
+	head, avail := st.HwCur, dist(st.HwCur, st.HwTail, num)
 	n := 0
-	for n < len(bufs) && n < len(lens) && head != tail {
-		// Find the end of the frame first; an unfinished chain stays for later.
-		p, complete := head, false
-		for p != tail {
-			fl := r.Slot(p).Flags
+	unfinished := false
+	for n < len(bufs) && n < len(lens) && avail > 0 {
+		// One pass over the frame's slots, each read once, at most avail of them.
+		dst := bufs[n]
+		got, trunc, complete := 0, false, false
+		p, k := head, uint32(0)
+		for k < avail {
+			s := r.Slot(p)
 			p = r.Next(p)
-			if fl&NSMoreFrag == 0 {
+			k++
+			if b := r.Buf(s.BufIdx); b != nil && int(s.Len) <= len(b) { // a bad slot contributes nothing
+				c := copy(dst[got:], b[:s.Len])
+				got += c
+				trunc = trunc || c < int(s.Len)
+			}
+			if s.Flags&NSMoreFrag == 0 {
 				complete = true
 				break
 			}
 		}
 		if !complete {
-			break
-		}
-		dst := bufs[n]
-		got, trunc := 0, false
-		for i := head; i != p; i = r.Next(i) {
-			s := r.Slot(i)
-			b := r.Buf(s.BufIdx)
-			if b == nil || int(s.Len) > len(b) {
-				continue // a bad slot contributes nothing
+			if avail == num-1 {
+				// The chain fills every slot we own: it can never end. Drop it, or
+				// the ring stays stuck.
+				e.dropped.Add(1)
+				head, avail = p, 0
 			}
-			c := copy(dst[got:], b[:s.Len])
-			got += c
-			trunc = trunc || c < int(s.Len)
+			unfinished = true // the rest of the frame comes later: its arrival notifies
+			break
 		}
 		if trunc {
 			e.truncated.Add(1)
 		}
 		lens[n] = got
 		n++
-		head = p
+		head, avail = p, avail-k
 	}
 	r.SetHeadCur(head, head)
-	if n > 0 {
-		if err := e.rxk.Sync(0); err != nil { // release the slots to the sender now
+	if head != st.HwCur {
+		if err := e.rxk.Sync(0); err != nil && !errors.Is(err, ErrRingReinit) { // release the slots to the sender now
 			return n, err
 		}
 	}
-	if r.Head() != r.Tail() {
-		e.wake() // frames left behind: stay readable
+	if avail > 0 && !unfinished {
+		e.wake() // frames left behind for lack of bufs: stay readable
 	}
 	return n, nil
 }
@@ -189,10 +246,15 @@ func (e *Endpoint) Recv(bufs [][]byte, lens []int) (int, error) {
 // ReadyFD is an eventfd written whenever the RX ring gets new frames.
 func (e *Endpoint) ReadyFD() int { return e.efd }
 
-// Close releases the eventfd and, if owned, the port.
+// RoomFD is an eventfd written when a Send that did not take every frame may take
+// more (the pipe peer freed room). Send drains it. Safe to watch edge-triggered.
+func (e *Endpoint) RoomFD() int { return e.roomfd }
+
+// Close releases the eventfds and, if owned, the port.
 func (e *Endpoint) Close() error {
 	e.rxk.SetNotify(nil) // waits for a notify running in another port's sync
-	err := unix.Close(e.efd)
+	e.txk.SetNotify(nil)
+	err := errors.Join(unix.Close(e.efd), unix.Close(e.roomfd))
 	if e.own {
 		err = errors.Join(err, e.p.Close())
 	}

@@ -43,6 +43,7 @@ type Chain struct {
 	NRead    int    // number of readable buffers (Bufs[:NRead])
 	ReadLen  uint64 // total bytes in readable buffers
 	WriteLen uint64 // total bytes in writable buffers
+	Descs    int    // descriptors it occupies in the ring's table (1 for an indirect chain)
 	pos      uint16 // avail index it was taken from
 }
 
@@ -172,8 +173,12 @@ func (q *Queue) Pending() (int, error) {
 // the ring is empty. Malformed chains are returned to the driver with nothing written
 // (counted in Dropped) and skipped; the caller must Flush after popping, as for its own
 // Push calls. A non-nil error means the ring is broken.
+//
+// One call skips at most a queue size of malformed chains and then returns false even
+// if more are pending, so a driver that posts garbage as fast as it is dropped cannot
+// hold the caller; Drain looks again within its budget.
 func (q *Queue) Pop(c *Chain) (bool, error) {
-	for {
+	for drops := 0; drops < int(q.size); drops++ {
 		n, err := q.Pending()
 		if err != nil || n == 0 {
 			return false, err
@@ -194,24 +199,89 @@ func (q *Queue) Pop(c *Chain) (bool, error) {
 		q.popped.Add(1)
 		return true, nil
 	}
+	return false, nil
 }
 
-// Unpop gives back first and every chain popped after it (none of them pushed), e.g.
-// when a received packet does not fit the buffers available so far. A malformed chain
-// dropped in between is dropped (and pushed) again when popped again; only a guest that
-// wrote it can be confused by that.
-func (q *Queue) Unpop(first *Chain) {
-	q.lastAvail = first.pos
+// Unpop gives back c, the chain the last Pop returned, so that the next Pop returns it
+// again (e.g. the backend had no room for it). It refuses, returning false, for any
+// other chain: rewinding over chains consumed since, a malformed one among them already
+// returned to the driver, would hand those out a second time.
+func (q *Queue) Unpop(c *Chain) bool {
+	if c.pos+1 != q.lastAvail {
+		return false
+	}
+	q.lastAvail = c.pos
+	return true
+}
+
+// Verdict is what a Drain callback did with a chain.
+type Verdict int
+
+const (
+	// Next: the chain is consumed (pushed now or kept by the caller); hand over the next.
+	Next Verdict = iota
+	// Stop: the chain is consumed; stop here.
+	Stop
+	// Refuse: the chain is not consumed (e.g. the backend is full); Drain gives it back
+	// with Unpop, so it stays first in the ring, and stops.
+	Refuse
+)
+
+// drainRechecks bounds how often one Drain finds the ring empty, re-arms and finds it
+// non-empty again without handing out a chain (a driver racing garbage at the device).
+const drainRechecks = 4
+
+// Drain is the one service loop of a queue. It pops chains and hands each to fn until
+// fn says Stop or Refuse, budget chains were handed out, or the ring is empty. When
+// the ring runs dry it re-arms notifications (EnableNotify) and looks once more: a
+// driver that published a chain while notifications were off did not kick for it, so
+// the caller may sleep only after that re-check found nothing.
+//
+// It returns more = true when the caller must come back without waiting for a kick:
+// budget used up, fn stopped or refused, or chains kept arriving; notifications may
+// then still be off. more = false means the ring was seen empty after re-arming (sleep
+// until a kick) or the queue is broken (see Broken). Drain never blocks and does a
+// bounded amount of work. The caller flushes (Flush or NeedInterrupt) afterwards.
+func (q *Queue) Drain(c *Chain, budget int, fn func(c *Chain) Verdict) (more bool) {
+	handed, rechecks := 0, 0
+	for handed < budget {
+		ok, err := q.Pop(c)
+		if err != nil {
+			return false
+		}
+		if !ok {
+			// Empty (or garbage skipped): ask for a kick, then look again.
+			if !q.EnableNotify() || q.brokenErr != nil {
+				return false
+			}
+			if rechecks++; rechecks > drainRechecks {
+				return true
+			}
+			continue
+		}
+		handed++
+		switch fn(c) {
+		case Stop:
+			return true
+		case Refuse:
+			q.Unpop(c)
+			return true
+		}
+	}
+	return true
 }
 
 // parse reads the chain starting at head into c.
 func (q *Queue) parse(head uint16, c *Chain) error {
-	c.Head, c.Bufs, c.NRead, c.ReadLen, c.WriteLen = head, c.Bufs[:0], 0, 0, 0
+	c.Head, c.Bufs, c.NRead, c.ReadLen, c.WriteLen, c.Descs = head, c.Bufs[:0], 0, 0, 0, 1
 	table := q.desc
 	limit := int(q.size) // chain bound: longer means a loop or an oversized chain
 	indirect := false
 	idx := int(head)
 	for steps := 0; ; steps++ {
+		if !indirect {
+			c.Descs = steps + 1
+		}
 		if steps >= limit {
 			return fmt.Errorf("chain at %d longer than %d descriptors (loop?)", head, limit)
 		}
@@ -326,15 +396,11 @@ func (q *Queue) DisableNotify() {
 }
 
 // EnableNotify asks the driver to kick for the next chain and reports whether chains
-// arrived meanwhile (then the caller must keep processing instead of sleeping).
-func (q *Queue) EnableNotify() bool { return q.EnableNotifyAfter(0) }
-
-// EnableNotifyAfter asks the driver to kick once more than n chains are pending (n
-// chains are already there but not enough, e.g. receive buffers for a large frame)
-// and reports whether that many arrived meanwhile.
-func (q *Queue) EnableNotifyAfter(n int) bool {
+// arrived meanwhile (then the caller must keep processing instead of sleeping). Service
+// loops use Drain, which calls it when the ring runs dry and honours the answer.
+func (q *Queue) EnableNotify() bool {
 	if q.eventIdx {
-		store16(q.usedRng[4+8*int(q.size):], q.lastAvail+uint16(n))
+		store16(q.usedRng[4+8*int(q.size):], q.lastAvail)
 	} else {
 		q.usedFlags &^= UsedFNoNotify
 		store16(q.usedRng[0:], q.usedFlags)
@@ -342,5 +408,5 @@ func (q *Queue) EnableNotifyAfter(n int) bool {
 	// store16 was a full barrier: this load sees any chain the driver published
 	// before it read our flag, so no kick can be lost.
 	p, err := q.Pending()
-	return p > n || err != nil
+	return p > 0 || err != nil
 }

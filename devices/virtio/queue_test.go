@@ -288,13 +288,16 @@ func TestUnpop(t *testing.T) {
 	require.True(t, ok)
 	ok, _ = d.q.Pop(&b)
 	require.True(t, ok)
-	d.q.Unpop(&a)
+	assert.False(t, d.q.Unpop(&a), "only the chain popped last can be given back")
+	require.True(t, d.q.Unpop(&b))
 	n, err := d.q.Pending()
 	require.NoError(t, err)
-	assert.Equal(t, 3, n)
+	assert.Equal(t, 2, n)
+	head := b.Head
 	ok, _ = d.q.Pop(&b)
 	require.True(t, ok)
-	assert.Equal(t, a.Head, b.Head)
+	assert.Equal(t, head, b.Head)
+	assert.Equal(t, uint64(3), d.q.Stats().Popped, "a chain given back counts again")
 }
 
 func TestNeedEvent(t *testing.T) {
@@ -387,3 +390,55 @@ func benchPopPush(b *testing.B, nbufs int, indirect bool) {
 func BenchmarkPopPush1(b *testing.B)         { benchPopPush(b, 1, false) }
 func BenchmarkPopPush2(b *testing.B)         { benchPopPush(b, 2, false) }
 func BenchmarkPopPushIndirect4(b *testing.B) { benchPopPush(b, 4, true) }
+
+// TestDrain: the one service loop. It stops at its budget (more), gives a refused
+// chain back first in line, and returns more = false only with the ring empty and
+// notifications re-armed, so the driver's next chain kicks.
+func TestDrain(t *testing.T) {
+	for _, eventIdx := range []bool{false, true} {
+		d := newDriver(t, 8, eventIdx, false)
+		for i := 0; i < 5; i++ {
+			d.avail(d.chain(d.buf(8, true)))
+		}
+		d.q.DisableNotify()
+		var c Chain
+		var heads []uint16
+		take := func(c *Chain) Verdict {
+			heads = append(heads, c.Head)
+			d.q.Push(c.Head, 0)
+			return Next
+		}
+		assert.True(t, d.q.Drain(&c, 2, take), "budget used up")
+		assert.Equal(t, []uint16{0, 1}, heads)
+		refused := 0
+		assert.True(t, d.q.Drain(&c, 8, func(c *Chain) Verdict {
+			refused++
+			return Refuse
+		}), "a refusal means come back")
+		assert.Equal(t, 1, refused)
+		assert.True(t, d.q.Drain(&c, 8, func(c *Chain) Verdict { take(c); return Stop }))
+		assert.Equal(t, []uint16{0, 1, 2}, heads, "the refused chain came first again")
+		assert.False(t, d.q.Drain(&c, 8, take), "empty and armed")
+		assert.Equal(t, []uint16{0, 1, 2, 3, 4}, heads)
+		if eventIdx {
+			assert.Equal(t, uint16(5), d.availEvent())
+		} else {
+			assert.Zero(t, d.usedFlags()&UsedFNoNotify)
+		}
+		old := d.availIdx
+		d.avail(d.chain(d.buf(8, true)))
+		if eventIdx {
+			assert.True(t, d.wantKick(old, d.availIdx), "the next chain kicks")
+		}
+		d.q.Flush()
+		ids, _ := d.used()
+		assert.Len(t, ids, 5)
+	}
+	t.Run("broken", func(t *testing.T) {
+		d := newDriver(t, 8, true, false)
+		d.setAvailIdx(9)
+		var c Chain
+		assert.False(t, d.q.Drain(&c, 8, func(*Chain) Verdict { return Next }))
+		assert.ErrorIs(t, d.q.Broken(), ErrBroken)
+	})
+}

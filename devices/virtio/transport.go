@@ -144,8 +144,14 @@ type QueueHandle struct {
 }
 
 // Interrupt notifies the driver that the queue has used entries: the queue's MSI-X
-// vector when MSI-X is on, else ISR bit 0 and INTx.
-func (h *QueueHandle) Interrupt() error { return h.t.queueInterrupt(h.Index) }
+// vector when MSI-X is on, else ISR bit 0 and INTx. A handle made outside a transport
+// (a test driving a device directly) has nowhere to send it: nil.
+func (h *QueueHandle) Interrupt() error {
+	if h.t == nil {
+		return nil
+	}
+	return h.t.queueInterrupt(h.Index)
+}
 
 // Bell is a doorbell for a queue's notify address (notify.Doorbell implements it).
 type Bell interface {
@@ -489,12 +495,28 @@ func (t *Transport) writeStatus(v uint8) {
 	}
 	t.status.Store(uint32(v) | keep)
 	if v&StatusDriverOK != 0 && !t.active && v&StatusFailed == 0 {
+		if !t.legacyUsed && v&StatusFeaturesOK == 0 {
+			// A modern driver must have had its features accepted (virtio 1.x 3.1.1);
+			// without that nothing says what the device would run with.
+			t.NeedsReset(errors.New("DRIVER_OK without an accepted FEATURES_OK"))
+			return
+		}
 		t.activateLocked()
 	}
 }
 
+// negotiated is what the device runs with: the driver's features, never more than
+// offered, and only the 32 legacy bits for a legacy driver.
+func (t *Transport) negotiated() uint64 {
+	f := t.drvFeatures & t.devFeatures
+	if t.legacyUsed {
+		f &= 0xffffffff
+	}
+	return f
+}
+
 func (t *Transport) activateLocked() {
-	a := &Activation{Features: t.drvFeatures, Legacy: t.legacyUsed, Mem: t.cfg.Mem, Queues: make([]*QueueHandle, len(t.queues))}
+	a := &Activation{Features: t.negotiated(), Legacy: t.legacyUsed, Mem: t.cfg.Mem, Queues: make([]*QueueHandle, len(t.queues))}
 	for i := range t.queues {
 		q := &t.queues[i]
 		var qc QueueConfig

@@ -3,6 +3,8 @@ package virtionet
 import (
 	"encoding/binary"
 	"fmt"
+
+	"github.com/ptvmm/ptvmm/devices/virtio"
 )
 
 // Control queue classes, commands and acks.
@@ -20,48 +22,49 @@ const (
 	ackErr = 1
 )
 
-// serviceCtrl runs every pending control command.
-func (p *pair) serviceCtrl() {
+// serviceCtrl runs up to ctrlBatch pending control commands; it reports whether it
+// must run again without a wakeup. Drain re-arms and re-checks before it gives up: a
+// driver that posts its next command as soon as it sees the last one done (Linux's
+// virtnet_send_command, spinning under the rtnl lock) may not kick for it.
+func (p *pair) serviceCtrl() bool {
 	q := p.ctrl
 	if q.Broken() != nil {
-		return
+		return false
 	}
-	c := &p.chains[0]
-	for {
-		ok, err := q.Pop(c)
-		if err != nil {
-			p.broken(q, err)
-			break
-		}
-		if !ok {
-			break
-		}
-		w := c.Writable()
-		if len(w) == 0 || c.ReadLen < 2 || c.ReadLen > maxCtrlLength {
-			q.Push(c.Head, 0) // nowhere to put the ack, or absurd: drop
-			continue
-		}
-		cmd := make([]byte, 0, c.ReadLen)
-		for _, b := range c.Readable() {
-			cmd = append(cmd, b.Data...)
-		}
-		ack := byte(ackOK)
-		if err := p.d.control(cmd[0], cmd[1], cmd[2:]); err != nil {
-			ack = ackErr
-			p.d.logf("virtionet %s: control class %d cmd %d: %v", macString(p.d.MAC()), cmd[0], cmd[1], err)
-		}
-		last := w[len(w)-1].Data
-		if len(last) == 0 {
-			q.Push(c.Head, 0)
-			continue
-		}
-		last[len(last)-1] = ack
-		q.Push(c.Head, 1)
+	more := q.Drain(&p.ctrlChain, ctrlBatch, func(c *virtio.Chain) virtio.Verdict {
+		q.Push(c.Head, p.command(c))
+		return virtio.Next
+	})
+	if err := q.Broken(); err != nil {
+		p.broken(q, err)
 	}
 	if q.NeedInterrupt() {
 		_ = q.Interrupt()
 	}
-	q.EnableNotify()
+	return more
+}
+
+// command runs one control chain and returns the bytes written (the ack, or 0).
+func (p *pair) command(c *virtio.Chain) uint32 {
+	w := c.Writable()
+	if len(w) == 0 || c.ReadLen < 2 || c.ReadLen > maxCtrlLength {
+		return 0 // nowhere to put the ack, or absurd: drop
+	}
+	cmd := make([]byte, 0, c.ReadLen)
+	for _, b := range c.Readable() {
+		cmd = append(cmd, b.Data...)
+	}
+	ack := byte(ackOK)
+	if err := p.d.control(cmd[0], cmd[1], cmd[2:]); err != nil {
+		ack = ackErr
+		p.d.logf("virtionet %s: control class %d cmd %d: %v", macString(p.d.MAC()), cmd[0], cmd[1], err)
+	}
+	last := w[len(w)-1].Data
+	if len(last) == 0 {
+		return 0
+	}
+	last[len(last)-1] = ack
+	return 1
 }
 
 // control applies one control command; an error becomes an ERR ack.

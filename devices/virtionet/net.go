@@ -99,6 +99,10 @@ type PairStats struct {
 	TxPackets, TxBytes, TxDropped, TxGSO uint64
 	RxPackets, RxBytes, RxDropped, RxGSO uint64
 	RxNoBuffers, Interrupts              uint64
+	// RxBadBuffers counts receive chains returned unused because they could hold no
+	// frame (no writable bytes; without mergeable buffers, fewer than a header and an
+	// Ethernet header).
+	RxBadBuffers uint64
 }
 
 // Device is a virtio-net device model (virtio.Device).
@@ -130,9 +134,9 @@ type Device struct {
 }
 
 type pairCounters struct {
-	txPackets, txBytes, txDropped, txGSO atomic.Uint64
-	rxPackets, rxBytes, rxDropped, rxGSO atomic.Uint64
-	rxNoBuffers, interrupts              atomic.Uint64
+	txPackets, txBytes, txDropped, txGSO  atomic.Uint64
+	rxPackets, rxBytes, rxDropped, rxGSO  atomic.Uint64
+	rxNoBuffers, interrupts, rxBadBuffers atomic.Uint64
 }
 
 // New creates the device. Attach it to a transport with SetTransport.
@@ -259,7 +263,7 @@ func (d *Device) Stats() []PairStats {
 		out[i] = PairStats{
 			TxPackets: c.txPackets.Load(), TxBytes: c.txBytes.Load(), TxDropped: c.txDropped.Load(), TxGSO: c.txGSO.Load(),
 			RxPackets: c.rxPackets.Load(), RxBytes: c.rxBytes.Load(), RxDropped: c.rxDropped.Load(), RxGSO: c.rxGSO.Load(),
-			RxNoBuffers: c.rxNoBuffers.Load(), Interrupts: c.interrupts.Load(),
+			RxNoBuffers: c.rxNoBuffers.Load(), Interrupts: c.interrupts.Load(), RxBadBuffers: c.rxBadBuffers.Load(),
 		}
 	}
 	return out

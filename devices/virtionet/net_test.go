@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -43,9 +44,15 @@ func (s *sockPort) Writev(iovs [][]byte) (int, error) {
 
 var _ backends.Port = (*sockPort)(nil)
 
-type irqLine struct{ ch chan struct{} }
+type irqLine struct {
+	ch   chan struct{}
+	hook atomic.Pointer[func()] // if set, runs in the interrupting goroutine first
+}
 
 func (l *irqLine) Trigger() error {
+	if h := l.hook.Load(); h != nil {
+		(*h)()
+	}
 	select {
 	case l.ch <- struct{}{}:
 	default:
@@ -147,7 +154,11 @@ func (g *guest) r(off uint64, n int) uint64 {
 }
 
 // bringUp negotiates want (masked by what the device offers) and enables 3 queues.
-func (g *guest) bringUp(want uint64) {
+func (g *guest) bringUp(want uint64) { g.bringUpWith(want, nil) }
+
+// bringUpWith is bringUp with beforeStart run just before DRIVER_OK (queues set up,
+// no worker yet).
+func (g *guest) bringUpWith(want uint64, beforeStart func()) {
 	g.w(20, 1, 0)
 	g.next, g.avail, g.usedSeen = [16]uint16{}, [16]uint16{}, [16]uint16{}
 	for i := range g.ram[:bufBase] {
@@ -172,6 +183,9 @@ func (g *guest) bringUp(want uint64) {
 		g.w(40, 8, ringBase(q)+0x200)
 		g.w(48, 8, ringBase(q)+0x400)
 		g.w(28, 2, 1)
+	}
+	if beforeStart != nil {
+		beforeStart()
 	}
 	g.w(20, 1, virtio.StatusAcknowledge|virtio.StatusDriver|virtio.StatusFeaturesOK|virtio.StatusDriverOK)
 	require.True(g.t, g.dev.LinkUp() || true)

@@ -15,13 +15,31 @@ import (
 // queue, so one busy direction cannot starve the other.
 const batch = 256
 
+// passRounds bounds the TX/RX rounds of one service pass. A pass that ends with work
+// left signals the worker's own again eventfd and returns, so the worker looks at its
+// stop event between passes: no guest can hold it, and a reset always stops it.
+const passRounds = 4
+
 // txFlushEvery bounds how many TX chains may wait in a batch before used.idx is
 // published (see serviceTX); small rings flush every quarter ring.
 const txFlushEvery = 32
 
+// ctrlBatch bounds the control commands run per pass.
+const ctrlBatch = 64
+
+// RoomPort is a port with flow control (a netmap pipe Endpoint): when its Send takes
+// nothing it is full, and RoomFD becomes readable once it may take more. The TX path
+// then leaves the frame in the guest's ring and retries on that signal, instead of
+// dropping it; the guest sees a paused link, not loss. RoomFD is watched edge-triggered
+// and neither read nor closed by the device.
+type RoomPort interface {
+	RoomFD() int
+}
+
 // pair is one rx/tx queue pair and its worker.
 //
-// Concurrency: everything here belongs to the worker goroutine once started.
+// Concurrency: everything here belongs to the worker goroutine once started, and to
+// the goroutine that called stop once the worker has ended.
 type pair struct {
 	d        *Device
 	idx      int
@@ -29,16 +47,30 @@ type pair struct {
 	ctrl     *virtio.QueueHandle
 	port     backends.Port
 	vport    VectorPort // nil: copy through Send/Recv
+	roomy    bool       // the port is a RoomPort: keep TX frames it does not take
 	hdrLen   int
 	mrg      bool
 	maxFrame int // largest frame (header included) the backend may hand us
 	st       *pairCounters
 
 	worker *notify.Worker
+	again  *notify.EventFD // a pass ended with work left: come back after the stop check
 
-	chains   []virtio.Chain
-	iovs     [][]byte
-	scratch  []byte
+	txChain, ctrlChain virtio.Chain
+	iovs               [][]byte
+	scratch            []byte
+
+	// Receive buffers popped from the RX ring and not filled yet, in ring order. They
+	// are kept rather than given back to the ring, so nothing is popped twice (a
+	// malformed chain skipped behind them is returned to the guest exactly once).
+	held      []virtio.Chain
+	nheld     int
+	heldRoom  int // writable bytes in held
+	heldBufs  int // writable buffers in held
+	heldDescs int // ring descriptors held
+	spare     virtio.Chain
+	iovRoom   []int // per gathered chain: its bytes in iovs
+
 	stash    []byte // a received frame waiting for guest buffers
 	stashLen int
 
@@ -48,26 +80,34 @@ type pair struct {
 	// buffers: the RX queue's kick then resumes draining.
 	rxReady    bool
 	readySrc   int // the worker's source index of the port fd; -1: none
+	roomSrc    int // ... of the port's RoomFD; -1: none
 	alwaysRead bool
+	// txBlocked: a RoomPort took nothing; TX waits for its RoomFD.
+	txBlocked bool
+	progress  uint64 // chains and frames handled, for poll's answer
 }
 
 func newPair(d *Device, i int, rx, tx *virtio.QueueHandle, features uint64, hl int) *pair {
-	p := &pair{d: d, idx: i, rx: rx, tx: tx, port: d.cfg.Ports[i], hdrLen: hl, st: &d.stats[i]}
+	p := &pair{d: d, idx: i, rx: rx, tx: tx, port: d.cfg.Ports[i], hdrLen: hl, st: &d.stats[i], readySrc: -1, roomSrc: -1}
 	p.mrg = features&FMrgRxbuf != 0
 	if vp, ok := p.port.(VectorPort); ok && d.cfg.VnetHdr {
 		p.vport = vp
+	}
+	if rp, ok := p.port.(RoomPort); ok && rp.RoomFD() >= 0 {
+		p.roomy = true
 	}
 	frame := d.mtu + 14 + 4
 	if features&(FGuestTSO4|FGuestTSO6|FGuestUFO) != 0 {
 		frame = maxGSOFrame
 	}
 	p.maxFrame = hl + frame
-	p.chains = make([]virtio.Chain, 1)
 	return p
 }
 
-func (p *pair) start() error {
-	var err error
+func (p *pair) start() (err error) {
+	if p.again, err = notify.NewEventFD(); err != nil {
+		return err
+	}
 	p.worker, err = notify.NewWorker(notify.Config{
 		Name: fmt.Sprintf("virtionet-%d", p.idx),
 		Mode: p.d.cfg.Mode,
@@ -75,16 +115,25 @@ func (p *pair) start() error {
 		// kicks were bound, and frames may be waiting on the port already.
 		Init: p.first,
 		Handler: func(src int, _ uint64) {
-			if src == p.readySrc {
+			switch src {
+			case p.readySrc:
 				p.rxReady = true
+			case p.roomSrc:
+				p.txBlocked = false
 			}
-			p.service()
+			p.pass()
 		},
 		Poll:   p.poll,
 		Arm:    p.arm,
 		Disarm: p.disarm,
 	})
 	if err != nil {
+		p.again.Close()
+		return err
+	}
+	fail := func(err error) error {
+		p.worker.Stop()
+		p.again.Close()
 		return err
 	}
 	srcs := append([]*notify.EventFD(nil), p.rx.Kicks...)
@@ -92,20 +141,23 @@ func (p *pair) start() error {
 	if p.ctrl != nil {
 		srcs = append(srcs, p.ctrl.Kicks...)
 	}
+	srcs = append(srcs, p.again)
 	for _, s := range srcs {
 		if _, err := p.worker.Add(s); err != nil {
-			p.worker.Stop()
-			return err
+			return fail(err)
 		}
 	}
 	// The worker waits on the port itself; without a readiness fd the port must be
 	// polled on every wakeup.
-	p.readySrc = -1
 	p.alwaysRead = p.port.ReadyFD() < 0
 	if fd := p.port.ReadyFD(); fd >= 0 {
 		if p.readySrc, err = p.worker.AddFD(fd); err != nil {
-			p.worker.Stop()
-			return fmt.Errorf("virtionet: port %s: %w", p.port.Name(), err)
+			return fail(fmt.Errorf("virtionet: port %s: %w", p.port.Name(), err))
+		}
+	}
+	if p.roomy {
+		if p.roomSrc, err = p.worker.AddFD(p.port.(RoomPort).RoomFD()); err != nil {
+			return fail(fmt.Errorf("virtionet: port %s room: %w", p.port.Name(), err))
 		}
 	}
 	// Arm both queues before the first wait so that no kick is missed.
@@ -119,38 +171,52 @@ func (p *pair) start() error {
 // frames that were pending before it was watched, so try to receive.
 func (p *pair) first() {
 	p.rxReady = true
-	p.service()
+	p.pass()
 }
 
+// stop ends the worker (it returns within one bounded pass) and counts a frame still
+// waiting for guest buffers as dropped: the reset discards it.
 func (p *pair) stop() {
 	p.worker.Stop()
+	p.again.Close()
+	if p.stashLen > 0 {
+		p.st.rxDropped.Add(1)
+		p.stashLen = 0
+	}
 }
 
-// service runs after every wakeup: the control queue, then both directions until
-// neither has work left.
-func (p *pair) service() {
-	if p.ctrl != nil {
-		p.serviceCtrl()
-	}
-	for {
+// pass runs after every wakeup: the control queue, then both directions in turns
+// until neither has work left or passRounds rounds ran. Work left over is not lost:
+// the again eventfd brings the worker back once it has looked at its stop event.
+func (p *pair) pass() {
+	more := p.ctrl != nil && p.serviceCtrl()
+	for i := 0; ; i++ {
 		tx := p.serviceTX()
 		rx := p.serviceRX()
 		if !tx && !rx {
-			return
+			break
 		}
+		if i+1 == passRounds {
+			more = true
+			break
+		}
+	}
+	if more {
+		_ = p.again.Signal()
 	}
 }
 
-// poll is the Poll/Adaptive hook: process without a kick.
+// poll is the Poll/Adaptive hook: process without a kick; it reports whether anything
+// was handled.
 func (p *pair) poll() bool {
 	p.rxReady = true
-	tx := p.serviceTX()
-	rx := p.serviceRX()
-	return tx || rx
+	before := p.progress
+	p.pass()
+	return p.progress != before
 }
 
 func (p *pair) arm() bool {
-	a := p.tx.EnableNotify()
+	a := p.tx.EnableNotify() && !p.txBlocked // a full port: wait for its RoomFD, not spin
 	b := p.rx.EnableNotify()
 	return a || b
 }
@@ -173,47 +239,46 @@ func (p *pair) interrupt(q *virtio.QueueHandle) {
 	}
 }
 
-// serviceTX sends up to a batch of chains; it reports whether more may be waiting.
+// serviceTX sends up to a batch of chains; it reports whether it must run again
+// without a wakeup.
 func (p *pair) serviceTX() bool {
 	q := p.tx
-	if q.Broken() != nil {
+	if q.Broken() != nil || p.txBlocked {
 		return false
 	}
-	c := &p.chains[0]
 	// Publish used entries now and then within the batch: a driver that reclaims
 	// TX buffers from the used ring (Linux does in start_xmit) gets them back
 	// before the whole batch is sent, so it need not stop and kick again. The
 	// interrupt decision stays once per batch.
 	every := min(txFlushEvery, max(1, int(q.Size())/4))
 	n := 0
-	for ; n < batch; n++ {
-		ok, err := q.Pop(c)
-		if err != nil {
-			p.broken(q, err)
-			break
+	more := q.Drain(&p.txChain, batch, func(c *virtio.Chain) virtio.Verdict {
+		if !p.sendChain(c) {
+			p.txBlocked = true // stays first in the ring until the port has room
+			return virtio.Refuse
 		}
-		if !ok {
-			break
-		}
-		p.sendChain(c)
 		q.Push(c.Head, 0)
-		if (n+1)%every == 0 {
+		if n++; n%every == 0 {
 			q.Flush()
 		}
+		return virtio.Next
+	})
+	p.progress += uint64(n)
+	if err := q.Broken(); err != nil {
+		p.broken(q, err)
 	}
 	p.interrupt(q)
-	if n == batch {
-		return true
-	}
-	return q.EnableNotify() && q.Broken() == nil
+	return more && !p.txBlocked
 }
 
-// sendChain hands one TX chain's frame to the backend.
-func (p *pair) sendChain(c *virtio.Chain) {
+// sendChain hands one TX chain's frame to the backend. It returns false when a
+// RoomPort took nothing: the chain is not consumed. Otherwise the frame was sent or
+// dropped (counted).
+func (p *pair) sendChain(c *virtio.Chain) bool {
 	st := p.st
 	if c.ReadLen < uint64(p.hdrLen)+14 || c.ReadLen > uint64(p.hdrLen+maxGSOFrame) || p.d.gone[p.idx].Load() {
 		st.txDropped.Add(1)
-		return
+		return true
 	}
 	p.iovs = p.iovs[:0]
 	for _, b := range c.Readable() {
@@ -235,7 +300,7 @@ func (p *pair) sendChain(c *virtio.Chain) {
 		if !p.d.cfg.VnetHdr {
 			if gsoType != gsoNone {
 				st.txDropped.Add(1) // cannot happen: no offload was offered
-				return
+				return true
 			}
 			buf = buf[p.hdrLen:]
 		}
@@ -248,17 +313,21 @@ func (p *pair) sendChain(c *virtio.Chain) {
 			p.d.portGone(p.idx, err)
 		}
 		st.txDropped.Add(1)
-		return
+		return true
 	}
 	if !sent {
+		if p.roomy {
+			return false
+		}
 		st.txDropped.Add(1)
-		return
+		return true
 	}
 	st.txPackets.Add(1)
 	st.txBytes.Add(frameLen)
 	if gsoType&0x7f != gsoNone {
 		st.txGSO.Add(1)
 	}
+	return true
 }
 
 func (p *pair) linearize(iovs [][]byte, n int) []byte {
@@ -306,8 +375,17 @@ func poke(iovs [][]byte, off int, b []byte) {
 	}
 }
 
-// serviceRX moves frames from the backend into guest buffers; it reports whether it
-// stopped with frames possibly still pending (batch exhausted).
+// rxStep is what one receive attempt ended with.
+type rxStep int
+
+const (
+	rxTook  rxStep = iota // a frame was taken from the backend: delivered or dropped (counted)
+	rxIdle                // nothing to do until a wakeup: backend drained, or no guest buffers (notifications armed)
+	rxAgain               // stopped with work left and no wakeup coming: call again
+)
+
+// serviceRX moves up to a batch of frames from the backend into guest buffers; it
+// reports whether it must run again without a wakeup.
 func (p *pair) serviceRX() bool {
 	q := p.rx
 	if q.Broken() != nil || p.d.gone[p.idx].Load() || !(p.rxReady || p.stashLen > 0 || p.alwaysRead) {
@@ -315,152 +393,205 @@ func (p *pair) serviceRX() bool {
 	}
 	defer p.interrupt(q)
 	for n := 0; n < batch; n++ {
-		got, more := p.receiveOne()
-		if !got {
-			return more
+		switch p.receiveOne() {
+		case rxIdle:
+			return false
+		case rxAgain:
+			return true
 		}
 	}
 	return true
 }
 
-// receiveOne delivers one frame. got: a frame was consumed (delivered or dropped);
-// more: stopped for lack of guest buffers but they arrived meanwhile.
-func (p *pair) receiveOne() (got, more bool) {
+// enough reports whether the held buffers take the largest frame: one chain without
+// mergeable buffers, else room for maxFrame or as many buffers as one readv takes.
+func (p *pair) enough() bool {
+	if !p.mrg {
+		return p.nheld > 0
+	}
+	return p.heldRoom >= p.maxFrame || p.heldBufs >= maxIOV
+}
+
+// topUp pops RX chains into held until enough (Drain: bounded, re-arms when the ring
+// runs dry). It reports Drain's more.
+func (p *pair) topUp() bool {
+	if p.enough() {
+		return false
+	}
 	q := p.rx
-	// Gather chains: one without mergeable buffers, else enough for the largest frame.
-	p.iovs = p.iovs[:0]
-	nch := 0
-	var room uint64
-	full := false
-	for {
-		if nch == len(p.chains) {
-			p.chains = append(p.chains, virtio.Chain{})
+	return q.Drain(&p.spare, int(q.Size()), func(c *virtio.Chain) virtio.Verdict {
+		if c.WriteLen == 0 || (!p.mrg && c.WriteLen < uint64(p.hdrLen+14)) {
+			// No room for any frame: hand it back unused now rather than take a
+			// frame from the backend for it.
+			q.Push(c.Head, 0)
+			p.st.rxBadBuffers.Add(1)
+			return virtio.Next
 		}
-		c := &p.chains[nch]
-		ok, err := q.Pop(c)
-		if err != nil {
-			p.broken(q, err)
-			return false, false
+		if p.nheld == len(p.held) {
+			p.held = append(p.held, virtio.Chain{})
 		}
-		if !ok {
-			break
+		// Swap, so the spare gets the held slot's buffer list to reuse.
+		p.held[p.nheld], *c = *c, p.held[p.nheld]
+		p.account(&p.held[p.nheld], 1)
+		p.nheld++
+		if p.enough() {
+			return virtio.Stop
 		}
-		nch++
-		for _, b := range c.Writable() {
+		return virtio.Next
+	})
+}
+
+// account adds (sign 1) or removes (-1) a held chain's room, buffers and descriptors.
+func (p *pair) account(c *virtio.Chain, sign int) {
+	p.heldRoom += sign * int(c.WriteLen)
+	p.heldBufs += sign * (len(c.Bufs) - c.NRead)
+	p.heldDescs += sign * c.Descs
+}
+
+// release drops the first k held chains (their used entries are pushed).
+func (p *pair) release(k int) {
+	for i := 0; i < k; i++ {
+		p.account(&p.held[i], -1)
+	}
+	for i := k; i < p.nheld; i++ {
+		p.held[i-k], p.held[i] = p.held[i], p.held[i-k]
+	}
+	p.nheld -= k
+}
+
+// gather lists the held chains' writable buffers in p.iovs (one chain without
+// mergeable buffers; at most maxIOV buffers) and returns their room and whether the
+// list is as long as one readv takes.
+func (p *pair) gather() (room int, full bool) {
+	p.iovs, p.iovRoom = p.iovs[:0], p.iovRoom[:0]
+	for i := 0; i < p.nheld && !full; i++ {
+		r := 0
+		for _, b := range p.held[i].Writable() {
 			if len(p.iovs) == maxIOV {
 				full = true // readv takes no more: the rest of this chain stays empty
 				break
 			}
 			p.iovs = append(p.iovs, b.Data)
-			room += uint64(len(b.Data))
+			r += len(b.Data)
 		}
-		if full || !p.mrg || room >= uint64(p.maxFrame) {
-			break
-		}
-		if len(p.iovs) >= maxIOV {
-			full = true // as many buffers as one readv takes: use what we have
+		p.iovRoom = append(p.iovRoom, r)
+		room += r
+		if !p.mrg {
 			break
 		}
 	}
-	wait := func() (bool, bool) {
-		// Wait for the guest to add buffers; ask for a kick once more arrive.
-		if nch > 0 {
-			q.Unpop(&p.chains[0])
-		}
+	return room, full || len(p.iovs) == maxIOV
+}
+
+// receiveOne moves one frame from the backend to the guest. Every frame it takes
+// from the backend is delivered, counted as dropped, or kept in the stash (counted as
+// dropped if a reset discards it).
+func (p *pair) receiveOne() rxStep {
+	q := p.rx
+	more := p.topUp()
+	if err := q.Broken(); err != nil {
+		p.broken(q, err)
+		return rxIdle
+	}
+	wait := func() rxStep {
+		// Out of guest buffers: the next RX kick resumes (Drain re-armed), unless it
+		// stopped early; then come back without one.
 		p.st.rxNoBuffers.Add(1)
-		return false, q.EnableNotifyAfter(nch) && q.Broken() == nil
+		if more {
+			return rxAgain
+		}
+		return rxIdle
 	}
-	if nch == 0 {
+	if p.nheld == 0 {
 		return wait()
 	}
+	room, full := p.gather()
+	// With mergeable buffers a frame may wait for more, unless no more can come.
+	canWait := p.mrg && !full && !p.ringFull()
 	var n int
+	var took bool
 	var err error
 	switch {
 	case p.stashLen > 0:
 		// A frame read earlier waits for enough buffers.
-		if uint64(p.stashLen) > room && !full && !p.ringFull(nch) {
+		if p.stashLen > room && canWait {
 			return wait()
 		}
-		n = min(p.stashLen, int(room))
+		n, took = min(p.stashLen, room), true
 		poke(p.iovs, 0, p.stash[:n])
 		p.stashLen = 0
-	case !p.mrg || room >= uint64(p.maxFrame) || full || p.ringFull(nch):
-		n, err = p.read(p.iovs, room) // straight into guest buffers
+	case !canWait || room >= p.maxFrame:
+		n, took, err = p.read(p.iovs, room) // straight into guest buffers
 	default:
 		// Too little room for the largest frame: read into the bounce buffer and copy
 		// if this frame fits, else keep it until the guest adds buffers.
 		if cap(p.stash) < p.maxFrame {
 			p.stash = make([]byte, p.maxFrame)
 		}
-		n, err = p.read([][]byte{p.stash[:p.maxFrame]}, uint64(p.maxFrame))
-		if err == nil && n > int(room) {
+		n, took, err = p.read([][]byte{p.stash[:p.maxFrame]}, p.maxFrame)
+		if err == nil && took && n > room {
 			p.stashLen = n
+			p.progress++
 			return wait()
 		}
-		poke(p.iovs, 0, p.stash[:n])
-	}
-	if err != nil || n == 0 {
-		q.Unpop(&p.chains[0])
-		if n == 0 {
-			p.rxReady = false // drained: wait for the next readiness edge
+		if took {
+			poke(p.iovs, 0, p.stash[:n])
 		}
-		if err != nil {
-			if errors.Is(err, tap.ErrGone) {
-				p.d.portGone(p.idx, err)
-			}
-			p.st.rxDropped.Add(1)
-		}
-		return false, false
 	}
-	if n < p.hdrLen+14 {
-		q.Unpop(&p.chains[0])
+	if err != nil {
+		if errors.Is(err, tap.ErrGone) {
+			p.d.portGone(p.idx, err)
+		}
 		p.st.rxDropped.Add(1)
-		return true, false
+		return rxIdle
 	}
+	if !took {
+		p.rxReady = false // drained: wait for the next readiness edge
+		return rxIdle
+	}
+	p.progress++
 	var dst [6]byte
-	if !peek(p.iovs, p.hdrLen, dst[:]) || !p.d.accept(dst) {
-		q.Unpop(&p.chains[0])
-		p.st.rxDropped.Add(1)
-		return true, false
+	if n < p.hdrLen+14 || !peek(p.iovs, p.hdrLen, dst[:]) || !p.d.accept(dst) {
+		p.st.rxDropped.Add(1) // the buffers stay held for the next frame
+		return rxTook
 	}
 	// Hand out the chains the frame filled, in order.
-	left := uint64(n)
+	left := n
 	used := 0
-	for ; used < nch && left > 0; used++ {
-		c := &p.chains[used]
-		w := min(c.WriteLen, left)
+	for ; used < len(p.iovRoom) && left > 0; used++ {
+		w := min(p.iovRoom[used], left)
 		left -= w
-		q.Push(c.Head, uint32(w))
-	}
-	if used < nch {
-		q.Unpop(&p.chains[used])
+		q.Push(p.held[used].Head, uint32(w))
 	}
 	if p.hdrLen == modernHdrLen {
 		var nb [2]byte
 		binary.LittleEndian.PutUint16(nb[:], uint16(used))
 		poke(p.iovs, 10, nb[:])
 	}
+	p.release(used)
 	var g [1]byte
 	if peek(p.iovs, 1, g[:]) && g[0]&0x7f != gsoNone {
 		p.st.rxGSO.Add(1)
 	}
 	p.st.rxPackets.Add(1)
 	p.st.rxBytes.Add(uint64(n - p.hdrLen))
-	return true, false
+	return rxTook
 }
 
 // ringFull reports whether the driver has made its whole ring available, so waiting
 // for more buffers would wait forever.
-func (p *pair) ringFull(popped int) bool {
+func (p *pair) ringFull() bool {
 	pending, _ := p.rx.Pending()
-	return popped+pending >= int(p.rx.Size())
+	return p.heldDescs+pending >= int(p.rx.Size())
 }
 
-// read fetches one frame into iovs: straight from the backend with headers passed
-// through, or via a copy with a zero header prepended.
-func (p *pair) read(iovs [][]byte, room uint64) (int, error) {
+// read takes one frame from the backend into iovs, straight with headers passed
+// through, or via a copy with a zero header prepended and cut to room. took says
+// whether a frame was taken at all (one cut to nothing still counts).
+func (p *pair) read(iovs [][]byte, room int) (n int, took bool, err error) {
 	if p.vport != nil {
-		return p.vport.Readv(iovs)
+		n, err = p.vport.Readv(iovs)
+		return n, n > 0, err
 	}
 	need := p.maxFrame
 	if cap(p.scratch) < need {
@@ -474,12 +605,10 @@ func (p *pair) read(iovs [][]byte, room uint64) (int, error) {
 	lens := []int{0}
 	k, err := p.port.Recv([][]byte{buf[hl:]}, lens)
 	if err != nil || k == 0 {
-		return 0, err
+		return 0, false, err
 	}
-	for i := 0; i < hl; i++ {
-		buf[i] = 0
-	}
-	total := min(hl+lens[0], int(room))
+	clear(buf[:hl])
+	total := min(hl+min(max(lens[0], 0), need-hl), room)
 	poke(iovs, 0, buf[:total])
-	return total, nil
+	return total, true, nil
 }
