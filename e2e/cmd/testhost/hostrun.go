@@ -112,8 +112,9 @@ func (p *pkgResult) tally() tally {
 // runInTestHost runs the test binaries in test host boots: all of them in
 // the first, then, up to o.retries times, a fresh test host for the packages
 // that did not pass, skipping their tests that already passed or skipped. A
-// test that passes only on a retry is reported FLAKY, never silently.
-func runInTestHost(ctx context.Context, a *testhost.Assets, tests []testhost.TestBinary, o options) map[string]*pkgResult {
+// test that passes only on a retry is reported FLAKY, never silently. The
+// packages in short run with -test.short.
+func runInTestHost(ctx context.Context, a *testhost.Assets, tests []testhost.TestBinary, short map[string]bool, o options) map[string]*pkgResult {
 	results := map[string]*pkgResult{}
 	for _, b := range tests {
 		results[b.Pkg] = newPkgResult(b.Pkg)
@@ -130,14 +131,17 @@ func runInTestHost(ctx context.Context, a *testhost.Assets, tests []testhost.Tes
 				if len(failed) == 0 {
 					failed = []string{"(none reported: it did not finish)"}
 				}
-				names = append(names, short(b.Pkg)+": "+strings.Join(failed, ", "))
+				names = append(names, pkgName(b.Pkg)+": "+strings.Join(failed, ", "))
 			}
 			fmt.Printf("testhost: retrying in a fresh test host (%s); tests that passed or skipped are skipped\n", strings.Join(names, "; "))
 		}
 		extra := map[string][]string{}
 		for _, b := range pending {
+			if short[b.Pkg] {
+				extra[b.Pkg] = append(extra[b.Pkg], "-test.short")
+			}
 			if _, done := results[b.Pkg].split(); len(done) > 0 {
-				extra[b.Pkg] = []string{"-test.skip=^(" + strings.Join(done, "|") + ")$"}
+				extra[b.Pkg] = append(extra[b.Pkg], "-test.skip=^("+strings.Join(done, "|")+")$")
 			}
 		}
 		res, _ := bootTests(ctx, a, pending, extra, o)
@@ -163,7 +167,7 @@ func runInTestHost(ctx context.Context, a *testhost.Assets, tests []testhost.Tes
 			if p.ok() {
 				if try > 0 && len(p.failedBefore) > 0 {
 					p.flaky = p.failedBefore
-					fmt.Printf("testhost: FLAKY: %s: %s failed on an earlier run and passed on the retry\n", short(b.Pkg), strings.Join(p.flaky, ", "))
+					fmt.Printf("testhost: FLAKY: %s: %s failed on an earlier run and passed on the retry\n", pkgName(b.Pkg), strings.Join(p.flaky, ", "))
 				}
 				continue
 			}

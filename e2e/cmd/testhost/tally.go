@@ -47,7 +47,7 @@ func (t *tally) count(pkg, name, status, reason string) {
 		t.passed = append(t.passed, pkg+" "+name)
 	case "FAIL":
 		t.fail++
-		t.failed = append(t.failed, short(pkg)+" "+name)
+		t.failed = append(t.failed, pkgName(pkg)+" "+name)
 	case "SKIP":
 		t.skip++
 		t.skipped = append(t.skipped, skipped{pkg, name, reason})
@@ -58,7 +58,7 @@ func (t *tally) count(pkg, name, status, reason string) {
 // failure, crash, timeout, a test host that died).
 func (t *tally) failPackage(pkg, why string) {
 	t.fail++
-	t.failed = append(t.failed, short(pkg)+": "+why)
+	t.failed = append(t.failed, pkgName(pkg)+": "+why)
 }
 
 // line is the plain "N passed, N failed, N skipped" that CI's runner reads.
@@ -66,8 +66,8 @@ func (t *tally) line() string {
 	return fmt.Sprintf("%d passed, %d failed, %d skipped", t.pass, t.fail, t.skip)
 }
 
-// short drops the module path from an import path.
-func short(pkg string) string {
+// pkgName drops the module path from an import path.
+func pkgName(pkg string) string {
 	if s, ok := strings.CutPrefix(pkg, modulePath+"/"); ok {
 		return s
 	}
