@@ -30,13 +30,19 @@ type BackendStats struct {
 	SendDropped uint64 // frames from the switch the backend's Send did not take
 	SendErrors  uint64 // failed Send calls
 	RecvErrors  uint64 // failed Recv calls
+	BadFrames   uint64 // frames from the switch with no valid slot (ring memory corrupted)
 }
+
+// pumpRounds bounds the Polls the pump runs between two looks at its stop event.
+const pumpRounds = 16
 
 // BackendPort attaches any backends.Port (a TAP, a netmap Endpoint, a test double) to
 // a switch. It is the user of a switch port's ring pair: frames from the backend's
 // Recv are received straight into TX slot buffers and forwarded by a TX sync; frames
 // the switch delivers are handed to the backend's Send from the RX ring. Frames the
-// backend does not take are dropped and counted (the switch never waits).
+// backend does not take are dropped and counted (the switch never waits). Ring
+// positions come from the kernel-side state, never back from the ring header (a port
+// placed in a shared region has other writers), and every walk is bounded by the ring.
 //
 // Concurrency: Poll moves frames both ways once, without blocking; calls are
 // serialised by a mutex, so the backend sees at most one Send or Recv at a time.
@@ -59,12 +65,13 @@ type BackendPort struct {
 	lens   []int
 	out    [][]byte
 	arena  []byte // MOREFRAG frames joined for Send; MaxFrags buffers, made on first use
+	frags  [netmap.MaxFrags]netmap.Slot
 
 	running   atomic.Bool
 	done      chan struct{}
 	closeOnce sync.Once
 
-	sendDropped, sendErrors, recvErrors atomic.Uint64
+	sendDropped, sendErrors, recvErrors, badFrames atomic.Uint64
 }
 
 // AttachBackend creates a switch port named name (one ring pair) and connects be to
@@ -115,7 +122,8 @@ func (b *BackendPort) ReadyFD() int { return b.efd }
 
 // Stats returns the adapter's counters.
 func (b *BackendPort) Stats() BackendStats {
-	return BackendStats{SendDropped: b.sendDropped.Load(), SendErrors: b.sendErrors.Load(), RecvErrors: b.recvErrors.Load()}
+	return BackendStats{SendDropped: b.sendDropped.Load(), SendErrors: b.sendErrors.Load(), RecvErrors: b.recvErrors.Load(),
+		BadFrames: b.badFrames.Load()}
 }
 
 // Poll moves up to Burst frames from the backend into the switch and up to Burst
@@ -131,22 +139,26 @@ func (b *BackendPort) Poll() (in, out int, err error) {
 	return in, out, errors.Join(err1, err2)
 }
 
+// dist is the cyclic distance from a to b in a ring of n slots (a, b < n).
+func dist(a, b, n uint32) uint32 { return (b + n - a) % n }
+
 // ingress: backend Recv straight into TX slot buffers, then a TX sync forwards them.
 func (b *BackendPort) ingress() (int, error) {
 	r := b.tx
-	space := r.Space()
-	if space == 0 {
-		if err := b.txk.Sync(netmap.ForceReclaim); err != nil {
+	num := r.NumSlots()
+	st := b.txk.State()
+	if st.RHead == st.RTail { // no free slot: reclaim
+		if err := b.txk.Sync(netmap.ForceReclaim); err != nil && !errors.Is(err, netmap.ErrRingReinit) {
 			return 0, err
 		}
-		space = r.Space()
+		st = b.txk.State()
 	}
-	m := min(int(space), b.burst)
-	head := r.Head()
+	m := min(int(dist(st.RHead, st.RTail, num)), b.burst)
+	head := st.RHead
 	for i, pos := 0, head; i < m; i, pos = i+1, r.Next(pos) {
 		buf := r.SlotBuf(pos)
 		if buf == nil {
-			m = i // cannot happen with this adapter as the ring's only user
+			m = i // a bad buf_idx in our own slot: only a peer sharing the region writes it
 			break
 		}
 		b.bufs[i] = buf
@@ -183,49 +195,61 @@ func (b *BackendPort) egress() (int, error) {
 	var drain [8]byte
 	_, _ = unix.Read(b.efd, drain[:]) // reset readiness before looking
 	r := b.rx
-	if err := b.rxk.Sync(netmap.ForceRead); err != nil {
+	num := r.NumSlots()
+	if err := b.rxk.Sync(netmap.ForceRead); err != nil && !errors.Is(err, netmap.ErrRingReinit) {
 		return 0, err
 	}
-	head, tail := r.Head(), r.Tail()
+	st := b.rxk.State()
+	head, avail := st.HwCur, dist(st.HwCur, st.HwTail, num)
 	out := b.out[:0]
 	pos := head
-	for len(out) < b.burst && pos != tail {
-		s := r.Slot(pos)
-		buf := r.Buf(s.BufIdx)
-		if s.Flags&netmap.NSMoreFrag == 0 && buf != nil && int(s.Len) <= len(buf) {
-			out = append(out, buf[:s.Len])
-			pos = r.Next(pos)
-			continue
-		}
-		// A MOREFRAG chain (the switch delivers only whole ones, of at most MaxFrags
-		// slots): joined in the arena, which holds the longest chain; when this
-		// burst has used too much of it, the chain waits for the next Poll.
-		if b.arena == nil {
-			b.arena = make([]byte, 0, netmap.MaxFrags*int(r.BufSize()))
-		}
-		need, p := 0, pos
-		for k := 0; k < netmap.MaxFrags; k++ {
-			s = r.Slot(p)
-			need += int(s.Len)
+	for len(out) < b.burst && avail > 0 {
+		// Read the frame's slots once each: it ends at a slot without MOREFRAG, at
+		// tail, or after MaxFrags slots (the switch delivers only whole chains of at
+		// most MaxFrags; anything else is a corrupted ring, cut there).
+		nf, need, p := 0, 0, pos
+		for nf < len(b.frags) && uint32(nf) < avail {
+			s := r.Slot(p)
 			p = r.Next(p)
-			if s.Flags&netmap.NSMoreFrag == 0 || p == tail {
+			b.frags[nf] = s
+			nf++
+			if s.Len > 0 && int(s.Len) <= int(r.BufSize()) {
+				need += int(s.Len)
+			}
+			if s.Flags&netmap.NSMoreFrag == 0 {
 				break
 			}
+		}
+		if nf == 1 {
+			s := b.frags[0]
+			if buf := r.Buf(s.BufIdx); buf != nil && int(s.Len) <= len(buf) {
+				out = append(out, buf[:s.Len])
+			} else {
+				b.badFrames.Add(1)
+			}
+			pos, avail = p, avail-1
+			continue
+		}
+		// A MOREFRAG chain: joined in the arena, which holds the longest chain; when
+		// this burst has used too much of it, the chain waits for the next Poll.
+		if b.arena == nil {
+			b.arena = make([]byte, 0, netmap.MaxFrags*int(r.BufSize()))
 		}
 		if len(b.arena)+need > cap(b.arena) && len(out) > 0 {
 			break
 		}
 		start := len(b.arena)
-		for pos != p {
-			s = r.Slot(pos)
-			if buf = r.Buf(s.BufIdx); buf != nil && int(s.Len) <= len(buf) && len(b.arena)+int(s.Len) <= cap(b.arena) {
+		for _, s := range b.frags[:nf] {
+			if buf := r.Buf(s.BufIdx); buf != nil && int(s.Len) <= len(buf) && len(b.arena)+int(s.Len) <= cap(b.arena) {
 				b.arena = append(b.arena, buf[:s.Len]...)
 			}
-			pos = r.Next(pos)
 		}
 		if len(b.arena) > start {
 			out = append(out, b.arena[start:len(b.arena):len(b.arena)])
+		} else {
+			b.badFrames.Add(1)
 		}
+		pos, avail = p, avail-uint32(nf)
 	}
 	var err error
 	if len(out) > 0 {
@@ -239,6 +263,7 @@ func (b *BackendPort) egress() (int, error) {
 			b.sendDropped.Add(uint64(len(out) - n))
 		}
 	}
+	moved := len(out)
 	clear(out)
 	b.out = out[:0]
 	b.arena = b.arena[:0]
@@ -248,10 +273,10 @@ func (b *BackendPort) egress() (int, error) {
 			err = errors.Join(err, serr)
 		}
 	}
-	if pos != tail {
+	if avail > 0 {
 		b.wake() // more left than one burst: stay readable
 	}
-	return len(out), err
+	return moved, err
 }
 
 // Start runs the pump goroutine. Errors from the backend are counted in Stats and the
@@ -276,16 +301,23 @@ func (b *BackendPort) pump() {
 		timeout = 1 // ms: the backend has no readiness fd
 	}
 	for {
-		for {
+		// A bounded number of Polls, then a look at the stop event: a backend or a
+		// switch that never runs dry cannot keep Close waiting.
+		busy := false
+		for i := 0; i < pumpRounds; i++ {
 			in, out, _ := b.Poll()
-			if in == 0 && out == 0 {
+			if busy = in != 0 || out != 0; !busy {
 				break
 			}
 		}
 		for i := range fds {
 			fds[i].Revents = 0
 		}
-		if _, err := unix.Poll(fds, timeout); err != nil && err != unix.EINTR {
+		wait := timeout
+		if busy {
+			wait = 0
+		}
+		if _, err := unix.Poll(fds, wait); err != nil && err != unix.EINTR {
 			return
 		}
 		if fds[0].Revents != 0 {
