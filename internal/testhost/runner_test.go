@@ -98,3 +98,26 @@ func TestPlanSteps(t *testing.T) {
 	assert.Equal(t, []string{"-test.v", "-test.skip=^(TestX)$"}, steps[1].Args)
 	assert.Equal(t, TestHostAssets+"/src/b", steps[1].Dir)
 }
+
+func TestNeedsKVM(t *testing.T) {
+	dir := t.TempDir()
+	for name, src := range map[string]string{
+		"micro_test.go": "g := kvmtest.New(t, cfg)",
+		"own_test.go":   "if err := Available(); err != nil {",
+		"tap_test.go":   "if ok, why := tap.CanCreate(); !ok {",
+		"dev_test.go":   `f, err := os.Open("/dev/kvm")`,
+		"plain_test.go": "v.Available = true; x.IsAvailable()",
+	} {
+		require.NoError(t, os.WriteFile(filepath.Join(dir, name), []byte(src), 0o644))
+	}
+	for _, f := range []string{"micro_test.go", "own_test.go", "tap_test.go", "dev_test.go"} {
+		need, err := NeedsKVM(Package{Dir: dir, TestFiles: []string{"plain_test.go", f}})
+		require.NoError(t, err)
+		assert.True(t, need, f)
+	}
+	need, err := NeedsKVM(Package{Dir: dir, TestFiles: []string{"plain_test.go"}})
+	require.NoError(t, err)
+	assert.False(t, need)
+	_, err = NeedsKVM(Package{Dir: dir, TestFiles: []string{"gone_test.go"}})
+	assert.Error(t, err)
+}

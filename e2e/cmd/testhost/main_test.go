@@ -140,3 +140,11 @@ func TestSummaryLastLine(t *testing.T) {
 	assert.Contains(t, out, "(1 of them passed in the kvm or e2e tier)")
 	assert.Contains(t, out, "b TestX: needs two vCPUs")
 }
+
+func TestHarnessNotInKVMTier(t *testing.T) {
+	assert.True(t, harness(modulePath+"/e2e"))
+	assert.True(t, harness(modulePath+"/e2e/cmd/testhost"))
+	assert.True(t, harness(modulePath+"/internal/testhost"))
+	assert.False(t, harness(modulePath+"/e2efoo"))
+	assert.False(t, harness(modulePath+"/vmm/kvm"))
+}

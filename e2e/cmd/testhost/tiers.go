@@ -167,7 +167,7 @@ func (s *suite) planHostTier(ctx context.Context, t *tier) error {
 }
 
 // kvmPackages are -kvm-pkgs, or the packages whose tests need KVM or a TAP
-// (see testhost.NeedsKVM), without the Linux-guest tests.
+// (see testhost.NeedsKVM), without the Linux-guest tests and the harness.
 func (s *suite) kvmPackages(ctx context.Context) ([]string, error) {
 	patterns := []string{"./..."}
 	if s.kvmPkgs != "auto" {
@@ -185,7 +185,7 @@ func (s *suite) kvmPackages(ctx context.Context) ([]string, error) {
 				return nil, err
 			}
 		}
-		if need && p.ImportPath != e2ePkg {
+		if need && !harness(p.ImportPath) {
 			out = append(out, p.ImportPath)
 		}
 	}
@@ -193,6 +193,12 @@ func (s *suite) kvmPackages(ctx context.Context) ([]string, error) {
 		return nil, fmt.Errorf("no packages with KVM tests in %s", strings.Join(patterns, " "))
 	}
 	return out, nil
+}
+
+// harness reports whether pkg is the Linux-guest tests or the test harness:
+// their tests name /dev/kvm in test data, not to use it.
+func harness(pkg string) bool {
+	return pkg == e2ePkg || strings.HasPrefix(pkg, e2ePkg+"/") || pkg == modulePath+"/internal/testhost"
 }
 
 // runHostTiers runs the host tiers: those in the test host share its boots,
