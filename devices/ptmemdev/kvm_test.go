@@ -78,8 +78,14 @@ func newKVMRig(t *testing.T, port *netmap.Port) *kvmRig {
 	code, err := a.Assemble()
 	require.NoError(t, err)
 	r := &kvmRig{h: a.Addr(h)}
+	// Vector kvmVector+i for ring i: one vector shared by all rings would coalesce in
+	// the LAPIC's IRR when several fire together.
+	idt := map[uint8]uint64{}
+	for i := range MaxRings {
+		idt[uint8(kvmVector+i)] = r.h
+	}
 	r.g = kvmtest.New(t, kvmtest.Config{Code: code, IRQChip: true,
-		Micro: boot.MicroOptions{Kernel: true, IDT: map[uint8]uint64{kvmVector: r.h}}})
+		Micro: boot.MicroOptions{Kernel: true, IDT: idt}})
 	root, err := pci.NewRoot(pci.Config{PIO: r.g.PIO, MMIO: r.g.MMIO, Mapper: slotMapper{r.g.VM},
 		Reserved: []memory.Range{{GPA: 0, Size: kvmtest.DefaultRAM}}})
 	require.NoError(t, err)
@@ -109,7 +115,7 @@ func (r *kvmRig) load(t *testing.T, a *micro.Asm, h micro.Label) {
 	require.NoError(t, r.g.Mem.WriteAt(code, boot.MicroCodeAddr))
 }
 
-// msixSetup programs every vector to kvmVector on APIC 0, unmasked, and enables MSI-X
+// msixSetup programs vector i to kvmVector+i on APIC 0, unmasked, and enables MSI-X
 // (config space: CPL0), then drops to CPL3 with interrupts on.
 func (r *kvmRig) msixSetup(a *micro.Asm) {
 	a.EnableLAPIC()
@@ -117,7 +123,7 @@ func (r *kvmRig) msixSetup(a *micro.Asm) {
 		e := r.bar.msix + uint64(i)*pci.MSIXEntrySize
 		a.StoreImm32(e, micro.LAPICBase)
 		a.StoreImm32(e+4, 0)
-		a.StoreImm32(e+8, kvmVector)
+		a.StoreImm32(e+8, uint32(kvmVector+i))
 		a.StoreImm32(e+12, 0)
 	}
 	a.ConfigWrite16(r.d.Function.Slot(), pci.CapOffset+2, pci.MSIXCtrlEnable)
@@ -187,7 +193,7 @@ func TestKVMBAR1KickAndIRQ(t *testing.T) {
 	for i := range n {
 		addr, data, masked := r.d.Function.MSIX().Message(i)
 		assert.Equal(t, uint64(micro.LAPICBase), addr)
-		assert.Equal(t, uint32(kvmVector), data)
+		assert.Equal(t, uint32(kvmVector+i), data)
 		assert.False(t, masked)
 	}
 }
