@@ -43,8 +43,8 @@ func (s slotMapper) UnmapMemory(h int) error { return s.vm.DeleteMemory(uint32(h
 
 // Guest-physical layout of the KVM rig (RAM is kvmtest.DefaultRAM at 0).
 const (
-	kvmCounter = boot.MicroDataAddr      // interrupts taken (the handler counts)
-	kvmResult  = boot.MicroDataAddr + 8  // PTCTL as the guest read it
+	kvmCounter = boot.MicroDataAddr     // interrupts taken (the handler counts)
+	kvmResult  = boot.MicroDataAddr + 8 // PTCTL as the guest read it
 	kvmGH      = boot.MicroDataAddr + 0x10000
 	kvmHG      = boot.MicroDataAddr + 0x11000
 	kvmVector  = 0x46
@@ -70,7 +70,9 @@ func program() (*micro.Asm, micro.Label) {
 	return a, h
 }
 
-func newKVMRig(t *testing.T, port *netmap.Port) *kvmRig {
+// newKVMRig plugs the devices for port into a new guest that starts at CPL0 when
+// kernel (port I/O, MSI-X set-up), else at CPL3.
+func newKVMRig(t testing.TB, port *netmap.Port, kernel bool) *kvmRig {
 	t.Helper()
 	kvmtest.Available(t)
 	a, h := program()
@@ -85,7 +87,7 @@ func newKVMRig(t *testing.T, port *netmap.Port) *kvmRig {
 		idt[uint8(kvmVector+i)] = r.h
 	}
 	r.g = kvmtest.New(t, kvmtest.Config{Code: code, IRQChip: true,
-		Micro: boot.MicroOptions{Kernel: true, IDT: idt}})
+		Micro: boot.MicroOptions{Kernel: kernel, IDT: idt}})
 	root, err := pci.NewRoot(pci.Config{PIO: r.g.PIO, MMIO: r.g.MMIO, Mapper: slotMapper{r.g.VM},
 		Reserved: []memory.Range{{GPA: 0, Size: kvmtest.DefaultRAM}}})
 	require.NoError(t, err)
@@ -108,7 +110,7 @@ func newKVMRig(t *testing.T, port *netmap.Port) *kvmRig {
 }
 
 // load replaces the placeholder with the real program; it must start with program().
-func (r *kvmRig) load(t *testing.T, a *micro.Asm, h micro.Label) {
+func (r *kvmRig) load(t testing.TB, a *micro.Asm, h micro.Label) {
 	require.Equal(t, r.h, a.Addr(h), "handler moved")
 	code, err := a.Assemble()
 	require.NoError(t, err)
@@ -130,7 +132,7 @@ func (r *kvmRig) msixSetup(a *micro.Asm) {
 	a.ToUser(boot.MicroUserCS, boot.MicroUserDS, true)
 }
 
-func (r *kvmRig) ready(t *testing.T, res <-chan kvmtest.Result) {
+func (r *kvmRig) ready(t testing.TB, res <-chan kvmtest.Result) {
 	t.Helper()
 	select {
 	case <-r.g.Ready:
@@ -147,7 +149,7 @@ func TestKVMBAR1KickAndIRQ(t *testing.T) {
 	port, err := netmap.NewPort(netmap.PortConfig{Name: "vale0:kvm", TxRings: 2, RxRings: 2, TxSlots: 64, RxSlots: 64})
 	require.NoError(t, err)
 	t.Cleanup(func() { port.Close() }) // after the device's cleanup: the loop stops first
-	r := newKVMRig(t, port)
+	r := newKVMRig(t, port, true)
 	n := r.d.NumRings()
 	reg := port.Region()
 	offs := []uint64{0, reg.PoolsInfo().BufPoolOffset + 2*uint64(reg.BufSize()), reg.Size() - 4, reg.MapSize() - 4}
@@ -206,7 +208,7 @@ func TestKVMGuestCreateAndLoopInterrupt(t *testing.T) {
 	master, slave, err := netmap.NewPipe("kvmp", "1", netmap.PortConfig{TxSlots: 64, RxSlots: 64})
 	require.NoError(t, err)
 	t.Cleanup(func() { slave.Close(); master.Close() }) // after the device's cleanup
-	r := newKVMRig(t, master)
+	r := newKVMRig(t, master, true)
 	const rx = 1 // CSB ring of the pipe's RX ring
 
 	a, h := program()
