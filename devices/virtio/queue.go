@@ -81,6 +81,9 @@ type QueueStats struct {
 //     for the interrupt decision cannot be satisfied before the guest can see idx;
 //   - avail_event (or used.flags) is stored with a full barrier before avail.idx is
 //     re-checked, so a kick the guest decided to skip is never lost.
+//
+// Service loops use Drain, which pops, re-arms and re-checks in that order within a
+// budget, so that no loop can forget the re-check or run unbounded.
 type Queue struct {
 	mem      *memory.Memory
 	size     uint16

@@ -8,4 +8,13 @@
 //
 // A backend that vanishes (ip link del of its TAP) takes the link down with one log
 // line; the device and the VMM keep running.
+//
+// The guest cannot hold a worker: every service pass does a bounded amount of work
+// (virtio.Queue.Drain with a budget, a bounded number of TX/RX rounds) and, with work
+// left, signals the worker's own eventfd and returns, so the worker looks at its stop
+// event between passes and a reset always stops it. Receive chains are popped once
+// and kept until a frame fills them; a chain that can hold no frame is returned
+// unused. Every frame taken from a backend is delivered or counted as dropped (a
+// frame waiting for buffers when the device resets counts as dropped). A port with
+// flow control (RoomPort, a netmap pipe) pauses TX instead of losing frames.
 package virtionet
