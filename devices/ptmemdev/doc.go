@@ -25,10 +25,13 @@
 // MSI-X table and PBA with exactly one vector per ring, TX rings then RX rings; each
 // vector is an irqfd on an MSI route that follows the table entry (vmm/pci routes it
 // when the entry is unmasked or rewritten). There is no INTx: the guest driver needs
-// MSI-X. The host loop writes the irqfd directly, as netmap's QEMU device does, so an
+// MSI-X. The host loop writes the irqfd directly, as netmap's QEMU device does: an
 // interrupt raised while the guest has the vector masked is delivered on its last
-// route rather than held in the PBA; Linux masks a vector only around setup and
-// teardown, when the loop is not asked to interrupt.
+// route rather than held in the PBA, and one raised before the guest first unmasks
+// the vector goes nowhere (no route yet). netmap's driver enables its vectors before
+// PTCTL CREATE and wants interrupts only while appl_need_kick is set. Honouring the
+// mask would take a mask notification from vmm/pci, on which the device would detach
+// the irqfd (KVM injects a still-set eventfd when it is attached again).
 //
 // The CSB: writing CSB_GH_BAL or CSB_HG_BAL stops a running loop and maps
 // 64*nrings bytes at the address (high word from the BAH register) through
