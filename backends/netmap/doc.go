@@ -65,6 +65,89 @@
 // the port could not take; Recv syncs and copies out RX frames). ReadyFD is an eventfd
 // written when the RX ring gets frames.
 //
+// # Passthrough: CSB, host loop, driver side (csb.go, kloop.go, driver.go)
+//
+// The ptnetmap protocol (SPECS 3.4-3.8) exists once here, for a ptnet guest, a host
+// process and benchmarks alike. A port's HW TX rings then HW RX rings are CSB rings
+// 0..n-1 (kick i, interrupt i).
+//
+// CSB (csb.go): NewCSB(atok, ktoa, n) over two byte slices (guest pages, or Go memory),
+// 64-byte entries: atok {head, cur, appl_need_kick, sync_flags} written by the app,
+// ktoa {hwcur, hwtail, kern_need_kick} written by the host. Every field access is a
+// 32-bit atomic; values read are checked by whoever uses them. InitCSB(port, csb) is
+// PTCTL CREATE's write: head = cur = hwcur, hwtail, kern_need_kick = 1 per ring.
+//
+// Host loop (kloop.go): StartKloop(KloopConfig{Port, CSB, Kicks, Irqs, Mode}) runs
+// netmap's sync kloop. Per ring run (SPECS 3.7): kern_need_kick = 0; read head, cur,
+// sync_flags; loop { FORCE_RECLAIM if TX space <= N/2; Kring.SyncCSB (prologue, the
+// backend's sync); write hwcur then hwtail; interrupt if hwtail moved and
+// appl_need_kick; re-read atok }. TX ends when head did not move (Block mode: set
+// kern_need_kick, full barrier, re-read head, go on if it moved) or when the app gave
+// every slot and the backend holds them (a full pipe peer); the TX kring's notify
+// (the peer released slots) restarts it. RX ends when every slot is the app's (then
+// it asks for a kick, with the same double check), when nothing new arrived
+// (hwtail == head), or after 2 dry rounds; the RX kring's notify (frames delivered)
+// restarts it. A run is bounded (16 rounds) so other rings and Stop get their turn.
+// Bad head/cur (outside the ring, behind hwcur) make SyncCSB reinitialise the ring:
+// the loop counts it, logs at most once a second per ring, republishes hwcur/hwtail
+// and sets kern_need_kick = 1 so the app can kick again once it repairs its indices.
+// A closed port retires its rings. Stop sets a flag every run checks, stops the
+// worker (its goroutine is gone when Stop returns), then waits out the krings' notify
+// callbacks; the eventfds stay the caller's. Stats per ring: syncs, wakeups, kicks,
+// notifications, interrupts, reinits, errors; Totals: the worker's counters and its
+// thread's CPU time (the thread's CPU clock, read only on demand).
+//
+// One worker per port, not per ring. netmap's old ptnetmap had a kthread per ring;
+// its current kloop has one thread per port, and so does this one, because: (1) this
+// machine class has 2 cores and must never have more busy threads than cores: in
+// Poll or Adaptive mode a worker burns its thread, and a port with 4 rings per
+// direction would burn 8; (2) in Block mode idle rings cost nothing either way, and
+// the common case - one busy ring per direction - keeps one thread awake instead of
+// two threads waking each other (a blocked thread's eventfd wake-up costs ~9 us
+// here); (3) ping-pong and TX-then-RX traffic run on one warm thread. What it costs:
+// TX and RX of one port do not run in parallel on two cores; ports do.
+//
+// Wake-ups (Block mode, the default): the worker (notify.Worker) sleeps in epoll on
+// the rings' doorbells and one eventfd of its own. Backend notifications (RX frames
+// delivered by another port's sync, TX room from a pipe peer) set the ring's pending
+// flag and write that eventfd only if the worker announced sleep (sleeping = 1,
+// then it re-checks the pending flags: a Dekker pair of sequentially consistent
+// atomics, so no notification is lost and a busy worker costs the notifier no system
+// call). An idle port has no timer and no polling: zero wake-ups, zero CPU. Adaptive
+// mode polls for Spin after the last work, then arms (kern_need_kick on TX rings and
+// on full RX rings, with the double check) and blocks; Poll mode never sleeps and
+// never asks for kicks (kern_need_kick stays 0; doorbells may be nil).
+//
+// Barriers: Go atomics are sequentially consistent (a store is an XCHG on amd64, a
+// full barrier), which gives SPECS 3.6's orders: app stores slots, cur, head; host
+// loads head, cur, flags, then slots (inside SyncCSB); host stores hwcur, hwtail after
+// the slot and buffer writes of the sync; app loads hwtail, hwcur. The need_kick
+// double checks are store-then-load on both sides (netmap's nm_stld_barrier): the
+// app stores head then loads kern_need_kick, the loop stores kern_need_kick then
+// loads head; the loop stores hwtail then loads appl_need_kick, the app stores
+// appl_need_kick then loads hwtail. Each pair has one side see the other.
+//
+// Driver side (driver.go): NewDriver(DriverConfig{Mem, Nifp, CSB, Kick, Wait}) opens
+// the netmap_if and rings in Mem (BAR1 in a guest, the region in a host process) and
+// takes the ring state from the CSB, as netmap's guest does after CREATE. DriverRing
+// is netmap_pt_guest_txsync/rxsync: Ring() is the user view (in CSB mode the ring
+// header's head/cur/tail are the app's own: the host never reads them); Sync(flags)
+// checks the user's head/cur (a bad pair reinitialises the user ring, ErrRingReinit),
+// clears appl_need_kick, publishes (cur, head), kicks only when kern_need_kick is set
+// and there is news for the host (TX: head moved or the ring is full; RX: slots
+// released) or with ForceReclaim (TX), and sets tail = hwtail (TX reads hwtail back
+// only when full or with ForceReclaim, as netmap reclaims lazily). Wait(timeout)
+// syncs and, if still blocked, optionally polls ktoa for Config.Spin, arms
+// appl_need_kick, re-reads ktoa (the double check) and only then calls Config.Wait
+// (an interrupt: a read on a char device, an eventfd) or, without one, polls. Values
+// the host publishes outside the ring are counted and ignored. In a Linux guest Kick
+// is a store to KICK(i) in BAR0 (or an ioctl), Wait a read on the device node.
+// EventFDKick and EventFDWait make both from eventfds for in-process use.
+//
+// Local (driver.go): StartLocal(port, mode) puts a port behind a CSB in Go memory,
+// eventfd doorbells and interrupts, its host loop and a Driver - a host process's
+// (or a benchmark's) passthrough attachment to a switch port or pipe end.
+//
 // Trust: the kernel side never takes geometry (slot counts, buffer size, offsets) from
 // region memory, and checks every index and length it reads there, so a ring's user
 // cannot make it panic or touch memory outside the region. Ports sharing a region

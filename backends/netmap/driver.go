@@ -23,6 +23,11 @@ type DriverConfig struct {
 	// Wait blocks until CSB ring i's interrupt or timeout (negative: no timeout) and
 	// reports whether the interrupt came. Nil: the driver polls the CSB instead.
 	Wait func(ring int, timeout time.Duration) (bool, error)
+	// Spin, if set, makes DriverRing.Wait poll ktoa for up to this long before it
+	// arms interrupts and blocks: a host loop that is still running publishes
+	// within microseconds, and an interrupt round trip (host eventfd write, wakeup)
+	// costs more than that. Zero: block at once.
+	Spin time.Duration
 }
 
 // DriverRingStats are one driver ring's counters (monotonic).
@@ -272,10 +277,29 @@ func (r *DriverRing) Wait(timeout time.Duration) (bool, error) {
 	if timeout > 0 {
 		deadline = time.Now().Add(timeout)
 	}
+	remaining := func() time.Duration {
+		switch {
+		case timeout < 0:
+			return -1
+		case timeout == 0:
+			return 0
+		}
+		return max(time.Until(deadline), 0)
+	}
 	c, i := r.csb, r.idx
 	for {
 		if ok, err := r.Ready(); ok || err != nil {
 			return ok, err
+		}
+		left := remaining()
+		if spin := r.d.cfg.Spin; spin > 0 && left != 0 && r.d.cfg.Wait != nil {
+			if left > 0 {
+				spin = min(spin, left)
+			}
+			if r.pollKtoa(time.Now().Add(spin)) {
+				continue
+			}
+			left = remaining()
 		}
 		c.SetApplNeedKick(i, 1)
 		r.readKtoa()
@@ -283,14 +307,6 @@ func (r *DriverRing) Wait(timeout time.Duration) (bool, error) {
 			c.SetApplNeedKick(i, 0)
 			r.setTail(r.hwtail)
 			return true, nil
-		}
-		left := time.Duration(-1)
-		if timeout == 0 {
-			left = 0
-		} else if timeout > 0 {
-			if left = time.Until(deadline); left <= 0 {
-				left = 0
-			}
 		}
 		if left == 0 {
 			c.SetApplNeedKick(i, 0)
@@ -313,16 +329,16 @@ func (r *DriverRing) Wait(timeout time.Duration) (bool, error) {
 	}
 }
 
-// pollKtoa spins (yielding the processor) until hwtail moves or the deadline (zero:
-// none) passes. Only without a Config.Wait (a guest with no interrupts).
-func (r *DriverRing) pollKtoa(deadline time.Time) {
+// pollKtoa spins (yielding the processor) until hwtail moves (true) or the deadline
+// (zero: none) passes: Config.Spin, or a guest with no interrupts (no Config.Wait).
+func (r *DriverRing) pollKtoa(deadline time.Time) bool {
 	start := r.hwtail
 	for n := 0; ; n++ {
 		if t := r.csb.HwTail(r.idx); t != start {
-			return
+			return true
 		}
 		if n%64 == 63 && !deadline.IsZero() && time.Now().After(deadline) {
-			return
+			return false
 		}
 		runtime.Gosched()
 	}
@@ -391,9 +407,21 @@ type Local struct {
 	Irqs   []*notify.EventFD
 }
 
+// LocalConfig tunes StartLocalConfig. Zero values: Block mode, no spinning.
+type LocalConfig struct {
+	Mode       notify.Mode   // the host loop's mode
+	Spin       time.Duration // the host loop's adaptive window (Adaptive mode)
+	DriverSpin time.Duration // DriverConfig.Spin
+}
+
 // StartLocal initialises a CSB for p (InitCSB), starts its host loop in mode and
 // opens a Driver on it. The port stays owned by the caller (close it after Local).
 func StartLocal(p *Port, mode notify.Mode) (*Local, error) {
+	return StartLocalConfig(p, LocalConfig{Mode: mode})
+}
+
+// StartLocalConfig is StartLocal with the loop's and the driver's spinning set.
+func StartLocalConfig(p *Port, cfg LocalConfig) (*Local, error) {
 	n := p.NumTxRings() + p.NumRxRings()
 	mem := make([]byte, 2*n*CSBEntrySize) // Go's allocator aligns this to 8 bytes at least
 	csb, err := NewCSB(mem[:n*CSBEntrySize], mem[n*CSBEntrySize:], n)
@@ -425,12 +453,13 @@ func StartLocal(p *Port, mode notify.Mode) (*Local, error) {
 		l.Close()
 		return nil, err
 	}
-	if l.Loop, err = StartKloop(KloopConfig{Name: p.Name(), Port: p, CSB: csb, Kicks: l.Kicks, Irqs: l.Irqs, Mode: mode}); err != nil {
+	if l.Loop, err = StartKloop(KloopConfig{Name: p.Name(), Port: p, CSB: csb, Kicks: l.Kicks, Irqs: l.Irqs,
+		Mode: cfg.Mode, Spin: cfg.Spin}); err != nil {
 		l.Close()
 		return nil, err
 	}
 	l.Driver, err = NewDriver(DriverConfig{Mem: p.Region().Bytes(), Nifp: p.NifpOffset(), CSB: csb,
-		Kick: EventFDKick(l.Kicks), Wait: EventFDWait(l.Irqs)})
+		Kick: EventFDKick(l.Kicks), Wait: EventFDWait(l.Irqs), Spin: cfg.DriverSpin})
 	if err != nil {
 		l.Close()
 		return nil, err
