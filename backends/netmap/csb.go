@@ -142,7 +142,9 @@ func (c *CSB) SetKernNeedKick(i int, v uint32) {
 
 // InitCSB writes the CSB from the krings' state, as ptnet's PTCTL CREATE must (SPECS
 // 3.8): per ring atok head = cur = hwcur, ktoa hwcur and hwtail, kern_need_kick = 1;
-// appl_need_kick and sync_flags stay as the guest wrote them. CSB rings are the port's
+// appl_need_kick and sync_flags stay as the guest wrote them. TX slots still pending
+// in the backend from a previous session are taken back (Kring.TxRetract), so the
+// state published is a consistent one. CSB rings are the port's
 // HW TX rings 0..ntx-1, then its HW RX rings. Call with the port's host loop stopped.
 func InitCSB(p *Port, c *CSB) error {
 	ks, err := csbKrings(p, c)
@@ -150,6 +152,12 @@ func InitCSB(p *Port, c *CSB) error {
 		return err
 	}
 	for i, k := range ks {
+		if k.Dir() == TX {
+			// Slots a previous session gave but the backend never took (a full
+			// pipe peer) are taken back: the new session starts from hwcur and
+			// must not meet a kring whose rhead is ahead of the head we publish.
+			k.TxRetract()
+		}
 		st := k.State()
 		// Reading the ring later must see a consistent pair: publish ktoa first,
 		// then atok (the guest loads both after PTCTL returns).

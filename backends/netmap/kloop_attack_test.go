@@ -285,3 +285,30 @@ func TestKloopRxArmsKickWhenFull(t *testing.T) {
 	assert.Equal(t, uint32(7), rg.csb.HwCur(1))
 	assert.Equal(t, uint32(0), rg.csb.KernNeedKick(1), "slots free again: no kicks needed")
 }
+
+// TestKloopRecreateWithPendingTx: CREATE again (InitCSB, a new loop) while TX slots of
+// the old session are still pending in a full pipe peer: the new session starts clean,
+// with no reinit, and its frames go out once the peer drains.
+func TestKloopRecreateWithPendingTx(t *testing.T) {
+	rg := newStepRig(t, 16)
+	rg.fillTx(15, 60, 0)
+	rg.l.runRing(rg.tx, true)
+	rg.fillTx(5, 60, 0)
+	rg.l.runRing(rg.tx, true)
+	require.Equal(t, uint32(15), rg.csb.HwCur(0))
+	require.NotEqual(t, rg.csb.HwCur(0), rg.m.TxRing(0).State().RHead, "5 slots pending")
+
+	require.NoError(t, InitCSB(rg.m, rg.csb))
+	assert.Equal(t, uint32(15), rg.csb.Head(0))
+	assert.Equal(t, uint32(14), rg.csb.HwTail(0))
+	ks, err := csbKrings(rg.m, rg.csb)
+	require.NoError(t, err)
+	l := newKloop(KloopConfig{Name: "again", Port: rg.m, CSB: rg.csb, Mode: notify.Block}, ks)
+	l.runRing(l.rings[0], true)
+	assert.Zero(t, l.Stats()[0].Reinits)
+	assert.Equal(t, 15, rg.slaveRecv())
+	rg.fillTx(3, 60, 0)
+	l.runRing(l.rings[0], true)
+	assert.Equal(t, 3, rg.slaveRecv())
+	assert.Zero(t, l.Stats()[0].Reinits)
+}
