@@ -139,7 +139,12 @@ func (p *jsonParser) endPackage(e testEvent, s *pkgState) {
 			name := f[strings.IndexByte(f, ' ')+1:]
 			fmt.Fprint(p.out, strings.Join(s.output[name], ""))
 		}
-		fmt.Fprint(p.out, strings.Join(s.output[""], ""))
+		for _, l := range s.output[""] {
+			// go test's own verdict lines: ours follows.
+			if l != "FAIL\n" && !strings.HasPrefix(l, "FAIL\t"+e.Package+"\t") {
+				fmt.Fprint(p.out, l)
+			}
+		}
 	}
 	if s.t.fail == 0 {
 		why := "failed without a failing test"

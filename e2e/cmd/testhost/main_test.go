@@ -97,6 +97,8 @@ func TestJSONParserCounts(t *testing.T) {
 {"Action":"output","Package":"m/a","Test":"TestF/sub","Output":"    f_test.go:3: boom\n"}
 {"Action":"fail","Package":"m/a","Test":"TestF/sub","Elapsed":0}
 {"Action":"fail","Package":"m/a","Test":"TestF","Elapsed":0}
+{"Action":"output","Package":"m/a","Output":"FAIL\n"}
+{"Action":"output","Package":"m/a","Output":"FAIL\tm/a\t0.500s\n"}
 {"Action":"fail","Package":"m/a","Elapsed":0.5}
 {"ImportPath":"m/b [m/b.test]","Action":"build-output","Output":"b.go:1: syntax error\n"}
 {"Action":"fail","Package":"m/b","Elapsed":0,"FailedBuild":"m/b [m/b.test]"}
@@ -119,6 +121,8 @@ go: some message
 	assert.Contains(t, text, "go: some message")
 	assert.Contains(t, text, "ok  \tm/d")
 	assert.NotContains(t, text, "=== RUN   TestA", "a passing test's output is not printed")
+	assert.NotContains(t, text, "FAIL\tm/a\t0.500s", "go test's verdict line is replaced by ours")
+	assert.Contains(t, text, "FAIL\tm/a\t500ms\t2 failed, 1 passed, 1 skipped")
 	assert.NotContains(t, text, "m/c", "a package without tests is not a result")
 }
 

@@ -69,7 +69,7 @@ func (s *suite) run(ctx context.Context, names []string) int {
 				t.ran = true
 				continue
 			}
-			t.how = fmt.Sprintf("go test -race -short, %d packages without Linux guests", len(pkgs))
+			t.how = fmt.Sprintf("go test -race -short, %d packages", len(pkgs))
 			fmt.Printf("\n== tier race: %s ==\n", t.how)
 			st := time.Now()
 			t.t = goTest{args: s.runArgs(append([]string{"-race", "-short"}, pkgs...)...), stream: s.o.verbose}.run(ctx, s.root, os.Stdout)
@@ -271,6 +271,9 @@ func (s *suite) runHostTiers(ctx context.Context, tiers []*tier) {
 			continue
 		}
 		t.ran, t.el = true, el
+		if len(names) > 1 {
+			t.how = strings.Replace(t.how, "test host", "test host (shared boots)", 1)
+		}
 		for _, pkg := range t.pkgs {
 			r := results[pkg]
 			if r == nil {
@@ -314,7 +317,7 @@ func (s *suite) summary(w io.Writer, tiers []*tier) int {
 		if t.t.flaky > 0 {
 			extra += fmt.Sprintf(" (%d FLAKY: passed on a retry)", t.t.flaky)
 		}
-		fmt.Fprintf(w, "  %-5s %-48s %6s  %s%s\n", t.name, t.how, t.el.Round(time.Second), t.t.line(), extra)
+		fmt.Fprintf(w, "  %-5s %-46s %6s  %s%s\n", t.name, t.how, t.el.Round(time.Second), t.t.line(), extra)
 		if t.name != "unit" && t.name != "race" {
 			var list []string
 			for _, sk := range t.t.skipped {
