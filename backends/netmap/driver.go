@@ -207,34 +207,36 @@ func (r *DriverRing) Sync(flags SyncFlags) error {
 	if c.ApplNeedKick(i) != 0 {
 		c.SetApplNeedKick(i, 0)
 	}
-	kick := false
+	kick, force := false, false
 	if r.dir == TX {
 		if hwcur := c.HwCur(i); hwcur < r.num {
 			r.hwcur = hwcur
 		}
 		r.publish(head, cur)
 		txempty := r.rhead == r.hwtail
-		if ((r.rhead != r.hwcur || txempty) && c.KernNeedKick(i) != 0) || flags&ForceReclaim != 0 {
-			c.SetSyncFlags(i, flags)
-			kick = true
-		}
-		if txempty || flags&ForceReclaim != 0 {
+		kick = (r.rhead != r.hwcur || txempty) && r.hostWantsKick()
+		force = flags&ForceReclaim != 0
+		if txempty || force {
 			r.readKtoa()
 		}
 	} else {
 		r.readKtoa()
 		r.publish(head, cur)
-		if r.rhead != r.hwcur && c.KernNeedKick(i) != 0 {
-			c.SetSyncFlags(i, flags)
-			kick = true
-		}
+		kick = r.rhead != r.hwcur && r.hostWantsKick()
 	}
 	r.setTail(r.hwtail)
-	if kick {
+	if kick || force {
+		c.SetSyncFlags(i, flags)
 		return r.kick()
 	}
 	return nil
 }
+
+// hostWantsKick reads kern_need_kick. While the host is waking up from a first kick
+// it is still set, and netmap's guest kicks again on every sync meanwhile; so do we:
+// skipping is unsafe without a host run counter the protocol does not have (a host
+// run that found nothing new leaves hwcur where it was).
+func (r *DriverRing) hostWantsKick() bool { return r.csb.KernNeedKick(r.idx) != 0 }
 
 // publish writes (cur, head) to atok when they changed: slot writes the user made
 // before are ordered before the head store (Go atomics), as netmap's wmb.
