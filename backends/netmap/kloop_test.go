@@ -254,8 +254,8 @@ func TestKloopStopDuringTraffic(t *testing.T) {
 	}
 	stopped := make(chan struct{})
 	go func() {
-		assert.NoError(t, a.Close())
-		assert.NoError(t, b.Close())
+		assert.NoError(t, a.Loop.Stop())
+		assert.NoError(t, b.Loop.Stop())
 		close(stopped)
 	}()
 	select {
@@ -263,9 +263,10 @@ func TestKloopStopDuringTraffic(t *testing.T) {
 	case <-time.After(testWait):
 		t.Fatal("Stop did not return during traffic")
 	}
-	close(stop)
+	close(stop) // the sender times out in Wait now that nobody serves the ring
 	<-done
-	require.NoError(t, a.Loop.Stop(), "Stop is idempotent")
+	require.NoError(t, a.Close(), "Stop is idempotent")
+	require.NoError(t, b.Close())
 	deadline := time.Now().Add(testWait)
 	for runtime.NumGoroutine() > base && time.Now().Before(deadline) {
 		runtime.Gosched()
