@@ -2,7 +2,6 @@ package netmap_test
 
 import (
 	"fmt"
-	"os"
 	"testing"
 	"time"
 
@@ -45,7 +44,7 @@ type benchPath struct {
 	close func()
 }
 
-func benchSwitch(b *testing.B, slots int) *benchPath {
+func benchSwitch(b *testing.B, slots int, cfg netmap.LocalConfig) *benchPath {
 	s, err := vale.New("valeb")
 	if err != nil {
 		b.Fatal(err)
@@ -68,7 +67,7 @@ func benchSwitch(b *testing.B, slots int) *benchPath {
 	if err := pb.TxSync(0); err != nil {
 		b.Fatal(err)
 	}
-	l, err := netmap.StartLocalConfig(pa.Netmap(), benchLocal)
+	l, err := netmap.StartLocalConfig(pa.Netmap(), cfg)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -78,12 +77,12 @@ func benchSwitch(b *testing.B, slots int) *benchPath {
 		close: func() { l.Close(); pb.Detach(); pa.Detach() }}
 }
 
-func benchPipe(b *testing.B, slots int) *benchPath {
+func benchPipe(b *testing.B, slots int, cfg netmap.LocalConfig) *benchPath {
 	m, s, err := netmap.NewPipe("bench", "1", netmap.PortConfig{TxSlots: slots})
 	if err != nil {
 		b.Fatal(err)
 	}
-	l, err := netmap.StartLocalConfig(m, benchLocal)
+	l, err := netmap.StartLocalConfig(m, cfg)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -93,39 +92,38 @@ func benchPipe(b *testing.B, slots int) *benchPath {
 		close: func() { l.Close(); s.Close(); m.Close() }}
 }
 
-var benchLocal = netmap.LocalConfig{Mode: notify.Block}
-
-func init() {
-	switch os.Getenv("KLB_MODE") {
-	case "adaptive":
-		benchLocal.Mode = notify.Adaptive
-	case "poll":
-		benchLocal.Mode = notify.Poll
-	}
-	if v := os.Getenv("KLB_SPIN"); v != "" {
-		benchLocal.DriverSpin, _ = time.ParseDuration(v)
-	}
-}
-
 // BenchmarkKloop: a driver sends frames through its host loop (Block mode) into a
 // switch port with a receiver, or into a pipe whose other end is read; one op = one
 // frame. The driver writes the Ethernet header and sequence number (the switch copies
 // the whole frame; a pipe swaps buffers). Reported: Mpps sent, kicks and interrupts
 // per frame, receiver share.
 func BenchmarkKloop(b *testing.B) {
-	for _, path := range []string{"switch", "pipe"} {
-		for _, size := range []int{60, 1514} {
-			for _, batch := range []int{1, 64, 256} {
-				b.Run(fmt.Sprintf("%s/size=%d/batch=%d", path, size, batch), func(b *testing.B) {
-					var p *benchPath
-					if path == "switch" {
-						p = benchSwitch(b, 1024)
-					} else {
-						p = benchPipe(b, 1024)
-					}
-					defer p.close()
-					runKloopBench(b, p, size, batch)
-				})
+	// block: the defaults (both sides sleep as soon as they run out of work).
+	// spin: the loop polls 50 us before arming kicks (Adaptive) and the driver
+	// polls 20 us before arming interrupts: two busy threads at saturation, and
+	// almost no kicks or interrupts.
+	modes := []struct {
+		name string
+		cfg  netmap.LocalConfig
+	}{
+		{"block", netmap.LocalConfig{Mode: notify.Block}},
+		{"spin", netmap.LocalConfig{Mode: notify.Adaptive, DriverSpin: 20 * time.Microsecond}},
+	}
+	for _, mode := range modes {
+		for _, path := range []string{"switch", "pipe"} {
+			for _, size := range []int{60, 1514} {
+				for _, batch := range []int{1, 64, 256} {
+					b.Run(fmt.Sprintf("%s/%s/size=%d/batch=%d", mode.name, path, size, batch), func(b *testing.B) {
+						var p *benchPath
+						if path == "switch" {
+							p = benchSwitch(b, 1024, mode.cfg)
+						} else {
+							p = benchPipe(b, 1024, mode.cfg)
+						}
+						defer p.close()
+						runKloopBench(b, p, size, batch)
+					})
+				}
 			}
 		}
 	}
