@@ -45,7 +45,24 @@ func main() {
 	if len(os.Args) > 0 && agent.Invoked(os.Args[0]) {
 		agent.Main() // never returns
 	}
-	os.Exit(run(start, os.Args[1:]))
+	os.Exit(dispatch(start, os.Args[1:]))
+}
+
+// subcommands are vmrun's commands besides booting a guest (the default).
+var subcommands = map[string]func(args []string) int{
+	"bench":  runBench,
+	"switch": runSwitch,
+	"vale":   runVale,
+}
+
+// dispatch runs a subcommand, or boots a guest when the first argument is none.
+func dispatch(start time.Time, args []string) int {
+	if len(args) > 0 {
+		if cmd, ok := subcommands[args[0]]; ok {
+			return cmd(args[1:])
+		}
+	}
+	return run(start, args)
 }
 
 func run(start time.Time, args []string) int {
