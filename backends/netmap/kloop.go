@@ -251,8 +251,17 @@ func (l *Kloop) poll() bool {
 		did := false
 		for _, r := range l.rings {
 			woken := r.pending.Swap(0) != 0
-			if r.dead || (block && !woken && !r.more) {
+			if r.dead {
 				continue
+			}
+			if !woken && !r.more {
+				// Polling: a ring runs only when its app published a new head
+				// (one load); the backend's news come as notifications. Running
+				// every ring every round would take the kring locks the
+				// backend's other users need.
+				if block || l.csb.Head(r.i) == r.rhead {
+					continue
+				}
 			}
 			if woken {
 				r.wakeups.Add(1)
