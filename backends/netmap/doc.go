@@ -118,7 +118,9 @@
 // call). An idle port has no timer and no polling: zero wake-ups, zero CPU. Adaptive
 // mode polls for Spin after the last work, then arms (kern_need_kick on TX rings and
 // on full RX rings, with the double check) and blocks; Poll mode never sleeps and
-// never asks for kicks (kern_need_kick stays 0; doorbells may be nil).
+// never asks for kicks (kern_need_kick stays 0; doorbells may be nil). Polling, a
+// ring runs only when its atok head changed or it was notified: one load per ring
+// and round, not a sync under locks the backend's other users take.
 //
 // Barriers: Go atomics are sequentially consistent (a store is an XCHG on amd64, a
 // full barrier), which gives SPECS 3.6's orders: app stores slots, cur, head; host
