@@ -72,6 +72,9 @@ func DefaultMAC(i int) [6]byte { return [6]byte{0x52, 0x54, 0x00, 0x12, 0x34, by
 // NICDevice is a NIC added to a VM: the virtio-net model, its transport, TAP and
 // interrupt plumbing.
 type NICDevice struct {
+	// Ptnet is set for a NICPtnet NIC; the virtio fields are then nil.
+	Ptnet *PtnetDevice
+
 	Net       *virtionet.Device
 	Transport *virtio.Transport
 	Tap       *tap.Tap
@@ -122,7 +125,7 @@ func (v *VM) AddNIC(index int, n NIC) (_ *NICDevice, err error) {
 		}
 	}()
 	if n.Model == NICPtnet {
-		return nil, errors.New("vmm: ptnet pending")
+		return nd, v.addPtnetNIC(index, n, nd)
 	}
 	logf := func(format string, args ...any) { v.log.Warn(fmt.Sprintf(format, args...)) }
 	ncfg := virtionet.Config{MAC: n.MAC, Ports: n.Ports, VnetHdr: n.PortsVnetHdr, MTU: n.MTU, NoOffloads: n.NoOffloads, Logf: logf}
@@ -243,11 +246,28 @@ func checkPortNameIfSet(name string) (netmap.Name, error) {
 	return checkPortName(name)
 }
 
+// addPtnetNIC opens the NIC's netmap port and adds the ptnet device (and the
+// memdev for the port's region) for it; the device releases the port when it closes.
+func (v *VM) addPtnetNIC(index int, n NIC, nd *NICDevice) error {
+	np, release, err := v.Network().OpenPort(n.Port, netmap.PortConfig{})
+	if err != nil {
+		return fmt.Errorf("vmm: NIC %d: %w", index, err)
+	}
+	if nd.Ptnet, err = v.AddPtnet(index, PtnetNIC{Port: np, MAC: n.MAC, Slot: n.Slot, Release: release}); err != nil {
+		nd.Ptnet = nil
+		return errors.Join(err, release())
+	}
+	return nil
+}
+
 // Close stops the device and releases the TAP (removing it if AddNIC created it),
 // doorbells and interrupts. Safe to call more than once.
 func (nd *NICDevice) Close() error {
 	var err error
 	nd.once.Do(func() {
+		if nd.Ptnet != nil {
+			err = nd.Ptnet.Close()
+		}
 		if nd.Function != nil {
 			nd.root.Remove(nd.Function.Slot())
 		}
