@@ -27,7 +27,7 @@
 //	d, err := ptnet.Open(ptnet.Options{Cached: true}) // first /dev/ptnetN
 //	drv, err := netmap.NewDriver(d.DriverConfig())
 //	... drv.TxRing(0) ...
-//	d.Close() // PTCTL DELETE, unmap; after the driver's users stopped
+//	d.Close() // flush, PTCTL DELETE, unmap; after the driver's users stopped
 //
 // Open negotiates PTFEAT and VNET_HDR_LEN (Options.VnetHdr: 12, else 0),
 // primes the CSB as netmap's guest driver does (appl_need_kick 1 on RX
@@ -35,7 +35,10 @@
 // fills the CSB from its rings. Kick is one 32-bit store to the mapped
 // KICK(i) register, or an ioctl when BAR0 is I/O space. Wait blocks in the
 // module's WAIT ioctl on ring i's MSI-X interrupt count, in slices of at
-// most 100 ms so Close never waits long.
+// most 100 ms so Close never waits long. Close first kicks the rings whose
+// published head the host loop has not synced (an RX loop asks for no kick
+// after the last frame, so slots released then would otherwise be delivered
+// again after the next CREATE) and waits up to 100 ms for it to catch up.
 //
 // The ABI with the module (mmap offsets, ioctls, info layout) is in abi.go;
 // abi_test.go checks it against the module's source. Find and DefaultDevice

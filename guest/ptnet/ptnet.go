@@ -272,6 +272,11 @@ func (d *Device) Kick(ring int) error {
 	if d.closed.Load() {
 		return ErrClosed
 	}
+	return d.kickLocked(ring)
+}
+
+// kickLocked writes KICK(ring); the caller holds mu (either way).
+func (d *Device) kickLocked(ring int) error {
 	off := uint32(RegKickBase + 4*ring)
 	if d.regs != nil {
 		mmioWrite32(d.regs, off, 1)
@@ -333,8 +338,42 @@ func (d *Device) InterruptCounts() ([]uint64, error) {
 	return out, nil
 }
 
-// Close stops the host loop (PTCTL DELETE), unmaps everything and closes the
-// device; the module clears the CSB registers. Idempotent.
+// flushLimit bounds how long Close waits for the host loop to take what the
+// rings released.
+const flushLimit = 100 * time.Millisecond
+
+// flushRings hands the host loop what the rings published but it has not
+// synced yet (atok head ahead of ktoa hwcur): RX slots released after the
+// last frame came (an RX loop asks for no kick then, so it never looked) and
+// TX frames not sent. DELETE stops the loop, and a later CREATE starts the
+// rings from the host's state: unflushed RX slots would be delivered again.
+// It kicks those rings and waits, with short sleeps, up to limit for hwcur to
+// catch up; it returns how many rings did not.
+func flushRings(c *netmap.CSB, n int, kick func(int) error, limit time.Duration) int {
+	behind := func() []int {
+		var out []int
+		for i := range n {
+			if c.HwCur(i) != c.Head(i) {
+				out = append(out, i)
+			}
+		}
+		return out
+	}
+	rings := behind()
+	for _, i := range rings {
+		_ = kick(i) // a failed kick shows as a ring still behind
+	}
+	end := time.Now().Add(limit)
+	for pause := 50 * time.Microsecond; len(rings) > 0 && time.Now().Before(end); pause = min(2*pause, 10*time.Millisecond) {
+		time.Sleep(pause)
+		rings = behind()
+	}
+	return len(rings)
+}
+
+// Close flushes the rings (see flushRings), stops the host loop (PTCTL
+// DELETE), unmaps everything and closes the device; the module clears the
+// CSB registers. Idempotent.
 func (d *Device) Close() error {
 	if d.closed.Swap(true) {
 		return nil
@@ -343,6 +382,9 @@ func (d *Device) Close() error {
 	defer d.mu.Unlock()
 	var errs []error
 	if d.created {
+		// Best effort: a host that does not catch up in time only costs the
+		// next session frames seen twice (RX) or lost (TX).
+		flushRings(d.csb, d.info.NumRings(), d.kickLocked, flushLimit)
 		// As netmap's driver on unregister: every ring asks for interrupts.
 		for i := range d.info.NumRings() {
 			d.csb.SetApplNeedKick(i, 1)
