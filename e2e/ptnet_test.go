@@ -308,12 +308,14 @@ func TestPtnetReloadAndStop(t *testing.T) {
 	n := vmm.NewNetwork()
 	defer n.Close()
 	base := runtime.NumGoroutine()
-	host := openHostPort(t, n, "vale0:host")
+	// Paced, with a large receiver ring, as in TestPtnetSwitchTX.
+	const hostPortName = "vale0:host@conf:slots=4096"
+	host := openHostPort(t, n, hostPortName)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	const per = 3000
 	wait := host.run(ctx, pktgen.Config{Mode: pktgen.ModeRx, Count: 3 * per})
-	cmd := fmt.Sprintf("/bin/ptvmm-agent pktgen -mode tx -count %d", per)
+	cmd := fmt.Sprintf("/bin/ptvmm-agent pktgen -mode tx -count %d -rate 10000", per)
 	pg := newPtnetGuest(t, dir, n, []string{"vale0:vm1"}, cmd, cmd, cmd)
 	out := pg.runOK(t)
 	require.Len(t, summaries(t, out), 3, "three sessions")
@@ -327,7 +329,7 @@ func TestPtnetReloadAndStop(t *testing.T) {
 	require.NoError(t, pg.nds[0].Close())
 
 	// A guest stopped while it sends: Stop ends Run, the NIC closes, its loop ends.
-	pg2 := newPtnetGuest(t, dir, n, []string{"vale0:vm2"}, "/bin/ptvmm-agent pktgen -mode tx -duration 10m")
+	pg2 := newPtnetGuest(t, dir, n, []string{"vale0:vm2"}, "/bin/ptvmm-agent pktgen -mode tx -duration 10m -rate 10000")
 	started := make(chan struct{})
 	go func() {
 		defer close(started)
@@ -351,7 +353,7 @@ func TestPtnetReloadAndStop(t *testing.T) {
 
 	// The same port name works again in a new guest.
 	require.NoError(t, host.close())
-	host = openHostPort(t, n, "vale0:host")
+	host = openHostPort(t, n, hostPortName)
 	ctx2, cancel2 := context.WithCancel(context.Background())
 	defer cancel2()
 	wait = host.run(ctx2, pktgen.Config{Mode: pktgen.ModeRx, Count: per})
