@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -13,8 +14,10 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
 
 	"github.com/ptvmm/ptvmm/backends/netmap"
+	"github.com/ptvmm/ptvmm/backends/tap"
 	"github.com/ptvmm/ptvmm/guest/initramfs"
 	"github.com/ptvmm/ptvmm/guest/pktgen"
 	"github.com/ptvmm/ptvmm/internal/testhost"
@@ -434,4 +437,93 @@ func guestCmdlineFromFile() string {
 		}
 	}
 	return strings.Join(keep, " ")
+}
+
+// TestVmrunPtnet: `vmrun -switch-tap vale0:TAP -s 3,ptnet,vale0:vm1`, the bhyve
+// form: the guest's pktgen frames cross vale0 and leave through a real TAP,
+// where an AF_PACKET socket on the host counts every one. vmrun removes the
+// TAP it created when it exits.
+func TestVmrunPtnet(t *testing.T) {
+	dir := requireAssets(t)
+	if ok, why := tap.CanCreate(); !ok {
+		t.Skip("cannot create a TAP: " + why)
+	}
+	const frames = 2000
+	img := ptnetInitramfs(t, dir, fmt.Sprintf("/bin/ptvmm-agent pktgen -mode tx -count %d -rate 2000", frames))
+	name := fmt.Sprintf("ptvp%d", os.Getpid()%10000)
+	args := []string{filepath.Join(dir, testhost.AssetVMRun),
+		"-kernel", filepath.Join(dir, testhost.AssetKernelDir, "vmlinuz"),
+		"-initrd", img, "-cpus", "1", "-m", "256M",
+		"-switch-tap", "vale0:" + name,
+		"-s", "3,ptnet,vale0:vm1",
+		"-append", guestCmdlineFromFile()}
+
+	// Count pktgen's frames (EtherType 0x88b5) arriving from the TAP.
+	stop := make(chan struct{})
+	var got int
+	var countErr error
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		got, countErr = countOnInterface(name, 0x88b5, stop)
+	}()
+	res := runVMRun(t, args, nil)
+	close(stop)
+	<-done
+	require.Equal(t, 0, res.status, "vmrun: %slast console lines:\n%s", failHint, res.console.tail(30))
+	require.NoError(t, countErr)
+	out := res.console.text()
+	t.Logf("guest: %s", pktgenLine(out))
+	assert.Equal(t, uint64(frames), field(t, summaries(t, out)[0], "frames"))
+	assert.Equal(t, frames, got, "frames seen on %s", name)
+	assert.False(t, tap.Exists(name), "vmrun left %s behind", name)
+}
+
+// countOnInterface waits for interface name to appear, then counts frames of
+// EtherType proto arriving on it until stop is closed.
+func countOnInterface(name string, proto uint16, stop <-chan struct{}) (int, error) {
+	var idx int
+	for {
+		select {
+		case <-stop:
+			return 0, fmt.Errorf("interface %s never appeared", name)
+		default:
+		}
+		if ifc, err := net.InterfaceByName(name); err == nil {
+			idx = ifc.Index
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	be := proto>>8 | proto<<8
+	fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, int(be))
+	if err != nil {
+		return 0, err
+	}
+	defer unix.Close(fd)
+	if err := unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: be, Ifindex: idx}); err != nil {
+		return 0, err
+	}
+	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &unix.Timeval{Usec: 100000}); err != nil {
+		return 0, err
+	}
+	buf := make([]byte, 2048)
+	n := 0
+	for {
+		select {
+		case <-stop:
+			return n, nil
+		default:
+		}
+		_, _, err := unix.Recvfrom(fd, buf, 0)
+		switch {
+		case err == nil:
+			n++
+		case err == unix.EAGAIN || err == unix.EINTR:
+		case err == unix.ENETDOWN || err == unix.ENXIO:
+			return n, nil // vmrun removed the TAP
+		default:
+			return n, err
+		}
+	}
 }
