@@ -16,6 +16,30 @@ type MSIRouter interface {
 	FireMSI(v int) error
 }
 
+// MaskNotifier is an optional MSIRouter extension for a device whose interrupts do
+// not go through MSIX.Fire: something else (a host loop given the irqfd) raises them,
+// so MSIX cannot hold them in the PBA itself. MSIX finds it with a type assertion on
+// the Router. Such a router delivers nothing for a vector until told it is live, and
+// holds what is raised meanwhile (KVM: the irqfd detached, its eventfd counting).
+//
+// A vector is live while it is unmasked (entry bit clear, MSI-X enabled, function
+// mask clear) and routed (RouteMSI accepted its current message). MSIX calls
+// MaskChanged(v, false) when v becomes live, after the RouteMSI for its message and
+// before it fires v's PBA bit; and MaskChanged(v, true) when it stops being live (the
+// guest masked it, or rewrote it and the new route failed), before the guest's write
+// completes. Every vector starts masked. A failed MaskChanged leaves the state as it
+// was (counted; retried at the vector's next table or control write).
+//
+// PendingMSI reports whether a masked vector holds an interrupt; MSIX ORs it into the
+// PBA bit (Pending, guest PBA reads). It is not asked about live vectors.
+//
+// Both run with the MSIX lock held, on the vCPU goroutine of the guest's access: they
+// must not call back into the MSIX (it would deadlock) and should not block long.
+type MaskNotifier interface {
+	MaskChanged(v int, masked bool) error
+	PendingMSI(v int) bool
+}
+
 // MSIXSpec places a device's MSI-X table and PBA inside one of its trapped memory BARs.
 type MSIXSpec struct {
 	Vectors     int // 1..2048
@@ -30,6 +54,7 @@ type msixEntry struct {
 	data   uint32
 	ctrl   uint32
 	routed bool // the router holds this entry's current message
+	live   bool // the MaskNotifier was told this vector is unmasked
 }
 
 // MSIX is a function's MSI-X capability state: the table, the pending bits, and the
@@ -38,6 +63,7 @@ type msixEntry struct {
 // Concurrency: all methods may be called from any goroutine.
 type MSIX struct {
 	spec MSIXSpec
+	mn   MaskNotifier // the Router's, or nil
 
 	mu      sync.Mutex
 	ctrl    uint16 // MSIXCtrlEnable | MSIXCtrlMaskAll
@@ -48,6 +74,7 @@ type MSIX struct {
 
 func newMSIX(_ *Function, s MSIXSpec) *MSIX {
 	m := &MSIX{spec: s, entries: make([]msixEntry, s.Vectors), pending: make([]uint64, (s.Vectors+63)/64)}
+	m.mn, _ = s.Router.(MaskNotifier)
 	for i := range m.entries {
 		m.entries[i].ctrl = msixEntryCtrlBit // masked at reset
 	}
@@ -83,24 +110,33 @@ func (m *MSIX) masked(v int) bool {
 	return m.ctrl&MSIXCtrlEnable == 0 || m.ctrl&MSIXCtrlMaskAll != 0 || m.entries[v].ctrl&msixEntryCtrlBit != 0
 }
 
-// update re-routes unmasked entries whose message changed and delivers pending
-// vectors that became unmasked; v < 0 means every vector.
+// update re-routes unmasked entries whose message changed, tells a MaskNotifier
+// about vectors that became live or stopped being live, and delivers pending vectors
+// that became unmasked; v < 0 means every vector.
 func (m *MSIX) update(v int) {
 	lo, hi := 0, len(m.entries)
 	if v >= 0 {
 		lo, hi = v, v+1
 	}
 	for i := lo; i < hi; i++ {
-		if m.masked(i) {
-			continue
-		}
 		e := &m.entries[i]
-		if !e.routed {
+		masked := m.masked(i)
+		if !masked && !e.routed {
 			if err := m.spec.Router.RouteMSI(i, e.addr, e.data); err != nil {
 				m.errs++
-				continue
+			} else {
+				e.routed = true
 			}
-			e.routed = true
+		}
+		if m.mn != nil && e.live != (!masked && e.routed) {
+			if m.mn.MaskChanged(i, e.live) != nil {
+				m.errs++
+			} else {
+				e.live = !e.live
+			}
+		}
+		if masked || !e.routed || m.mn != nil && !e.live {
+			continue
 		}
 		if m.pending[i/64]&(1<<(i%64)) != 0 {
 			m.pending[i/64] &^= 1 << (i % 64)
@@ -109,6 +145,15 @@ func (m *MSIX) update(v int) {
 			}
 		}
 	}
+}
+
+// pendingBit is vector v's PBA bit: set by Fire while masked, or, for a MaskNotifier,
+// an interrupt the router holds for a vector that is not live. Called with mu held.
+func (m *MSIX) pendingBit(v int) bool {
+	if m.pending[v/64]&(1<<(v%64)) != 0 {
+		return true
+	}
+	return m.mn != nil && !m.entries[v].live && m.mn.PendingMSI(v)
 }
 
 // Fire delivers vector v, or sets its pending bit if it is masked (the guest sees it
@@ -126,14 +171,15 @@ func (m *MSIX) Fire(v int) error {
 	return m.spec.Router.FireMSI(v)
 }
 
-// Pending reports vector v's PBA bit.
+// Pending reports vector v's PBA bit (for a MaskNotifier router, including what the
+// router holds for it while it is masked).
 func (m *MSIX) Pending(v int) bool {
 	if v < 0 || v >= len(m.entries) {
 		return false
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return m.pending[v/64]&(1<<(v%64)) != 0
+	return m.pendingBit(v)
 }
 
 // Message returns vector v's programmed address, data and mask bit.
@@ -190,8 +236,12 @@ func (m *MSIX) read(off uint64, data []byte) {
 				v = e.ctrl
 			}
 		case o >= uint64(m.spec.PBAOffset) && o < m.pbaEnd():
-			rel := o - uint64(m.spec.PBAOffset)
-			v = uint32(m.pending[rel/8] >> (32 * (rel % 8 / 4)))
+			first := int(o-uint64(m.spec.PBAOffset)) * 8 // vector of bit 0
+			for b := 0; b < 32 && first+b < len(m.entries); b++ {
+				if m.pendingBit(first + b) {
+					v |= 1 << b
+				}
+			}
 		}
 		binary.LittleEndian.PutUint32(data[k:], v)
 	}
