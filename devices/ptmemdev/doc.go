@@ -25,13 +25,13 @@
 // MSI-X table and PBA with exactly one vector per ring, TX rings then RX rings; each
 // vector is an irqfd on an MSI route that follows the table entry (vmm/pci routes it
 // when the entry is unmasked or rewritten). There is no INTx: the guest driver needs
-// MSI-X. The host loop writes the irqfd directly, as netmap's QEMU device does: an
-// interrupt raised while the guest has the vector masked is delivered on its last
-// route rather than held in the PBA, and one raised before the guest first unmasks
-// the vector goes nowhere (no route yet). netmap's driver enables its vectors before
-// PTCTL CREATE and wants interrupts only while appl_need_kick is set. Honouring the
-// mask would take a mask notification from vmm/pci, on which the device would detach
-// the irqfd (KVM injects a still-set eventfd when it is attached again).
+// MSI-X. The host loop writes the irqfd directly, so the mask is applied at the irqfd,
+// as QEMU does with its MSI-X mask notifiers: the vectors are notify.DirectMSIXVectors,
+// a pci.MaskNotifier, and a vector's irqfd is bound to KVM only while the guest has it
+// unmasked (entry bit, function mask, MSI-X enable) and routed. An interrupt raised
+// while it is masked, or before the guest first programs it, waits in the eventfd,
+// reads as pending in the PBA, and is injected once when the vector is unmasked (KVM
+// injects a readable eventfd when it binds it).
 //
 // The CSB: writing CSB_GH_BAL or CSB_HG_BAL stops a running loop and maps
 // 64*nrings bytes at the address (high word from the BAH register) through

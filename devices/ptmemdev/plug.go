@@ -61,8 +61,14 @@ func (p *PluggedMemdev) Close() error {
 	return p.Memdev.Close()
 }
 
-// msixVectors gives notify.MSIXVectors the Vectors interface.
-type msixVectors struct{ *notify.MSIXVectors }
+// msixVectors gives notify.DirectMSIXVectors the Vectors interface. The host loop
+// writes the irqfds itself, so the vectors are direct ones: vmm/pci finds their
+// pci.MaskNotifier through the Router and an irqfd is bound to KVM only while the
+// guest has its vector unmasked; what the loop raises meanwhile waits in the eventfd,
+// shows in the PBA and is injected once on unmask.
+type msixVectors struct{ *notify.DirectMSIXVectors }
+
+var _ pci.MaskNotifier = msixVectors{}
 
 func (v msixVectors) Event(i int) *notify.EventFD {
 	if irq := v.Vector(i); irq != nil {
@@ -72,14 +78,15 @@ func (v msixVectors) Event(i int) *notify.EventFD {
 }
 
 // PluggedPtnet is a ptnet on a machine's PCI bus with its KVM plumbing: one ioeventfd
-// per KICK register, one MSI route and irqfd per ring.
+// per KICK register, one MSI route and irqfd per ring (bound while its vector is
+// unmasked).
 //
 // Concurrency: as Ptnet; Close once, after the vCPUs stopped using the device.
 type PluggedPtnet struct {
 	*Ptnet
 	Function *pci.Function
 	root     *pci.Root
-	vectors  *notify.MSIXVectors
+	vectors  *notify.DirectMSIXVectors
 }
 
 // PlugPtnet makes a ptnet from cfg and adds it in slot (0: the first free one).
@@ -99,7 +106,7 @@ func PlugPtnet(m Machine, slot int, cfg Config) (_ *PluggedPtnet, err error) {
 	if n < 2 || n > MaxRings {
 		return nil, fmt.Errorf("ptmemdev: ptnet: port %q has %d rings (2..%d)", cfg.Port.Name(), n, MaxRings)
 	}
-	if p.vectors, err = notify.NewMSIXVectors(m.KVM(), m.GSIRouting(), n); err != nil {
+	if p.vectors, err = notify.NewDirectMSIXVectors(m.KVM(), m.GSIRouting(), n); err != nil {
 		return nil, fmt.Errorf("ptmemdev: ptnet: %w", err)
 	}
 	vm := m.KVM()
