@@ -585,9 +585,28 @@ func (l *Kloop) Stop() error {
 		for _, r := range l.rings {
 			r.k.SetNotify(nil) // waits for notifications still running
 		}
+		l.finalSync()
 		l.wake.Close()
 	})
 	return l.stopErr
+}
+
+// finalSync runs every ring's sync once more, with the app's last head/cur, after
+// the worker is gone: an app that advanced head without a kick (an RX ring whose
+// host asked for none, or one that stopped before kicking) must not see those
+// slots again after the next CREATE, which starts from the kring's state. No
+// interrupt is raised: the app is going away.
+func (l *Kloop) finalSync() {
+	for _, r := range l.rings {
+		if r.dead {
+			continue
+		}
+		head, cur, flags := l.csb.ReadAtok(r.i)
+		if hwcur, hwtail, ok := l.sync(r, head, cur, flags); ok {
+			l.publish(r, hwcur, hwtail)
+			r.hwtail = hwtail
+		}
+	}
 }
 
 // Stats returns per-ring counters, in CSB ring order.

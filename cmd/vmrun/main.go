@@ -32,6 +32,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ptvmm/ptvmm/guest/agent"
+	"github.com/ptvmm/ptvmm/internal/testhost"
 	"github.com/ptvmm/ptvmm/vmm"
 )
 
@@ -120,7 +121,10 @@ func run(start time.Time, args []string) int {
 	}
 	if *initrd != "" {
 		cfg.Initrd = *initrd
-	} else if cfg.Initrd, cfg.InitrdImage, err = defaultInitrd(log); err != nil {
+	} else if mods, err := guestModules(*kernel, nics.nics, log); err != nil {
+		fmt.Fprintf(os.Stderr, "vmrun: %v\n", err)
+		return 1
+	} else if cfg.Initrd, cfg.InitrdImage, err = defaultInitrd(log, mods); err != nil {
 		fmt.Fprintf(os.Stderr, "vmrun: %v\n", err)
 		return 1
 	}
@@ -234,4 +238,21 @@ func (e *escapeReader) Read(p []byte) (int, error) {
 			return out, err
 		}
 	}
+}
+
+// guestModules are the modules the default initramfs loads for the NICs: from the
+// kernel cache, so only when the kernel is the cached one (-kernel not given).
+func guestModules(kernelFlag string, nics []vmm.NIC, log *slog.Logger) ([]string, error) {
+	if len(nics) == 0 {
+		return nil, nil
+	}
+	if kernelFlag != "" {
+		log.Warn("with -kernel, the default initramfs carries no NIC drivers; give an -initrd whose agent loads them (ptvmm.modules=)")
+		return nil, nil
+	}
+	dir, err := testhost.KernelDir()
+	if err != nil {
+		return nil, err
+	}
+	return nicModules(dir, nics)
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/ptvmm/ptvmm/guest/initramfs"
 	"github.com/ptvmm/ptvmm/internal/testhost"
+	"github.com/ptvmm/ptvmm/vmm"
 )
 
 // errDynamic is what a vmrun that cannot supply the guest's /init says.
@@ -39,9 +40,11 @@ func staticExecutable(path string) (bool, error) {
 
 // defaultInitrd is the guest agent initramfs: the prepared one inside the test
 // host, else one with this vmrun (which carries the agent) as /init, else one
-// with the agent built now.
-func defaultInitrd(log *slog.Logger) (path string, image []byte, err error) {
-	if dir := testhost.AssetsDir(); dir != "" {
+// with the agent built now. mods are kernel modules the agent loads first (the
+// NICs' drivers); a prepared initramfs does not load them, so with mods one is
+// always packed.
+func defaultInitrd(log *slog.Logger, mods []string) (path string, image []byte, err error) {
+	if dir := testhost.AssetsDir(); dir != "" && len(mods) == 0 {
 		p := filepath.Join(dir, testhost.AssetGuestInit)
 		if _, err := os.Stat(p); err == nil {
 			log.Debug("guest initramfs: the test host's prepared one", "path", p)
@@ -53,15 +56,57 @@ func defaultInitrd(log *slog.Logger) (path string, image []byte, err error) {
 		log.Debug("cannot find this vmrun's executable", "err", err)
 		self = ""
 	}
-	image, err = agentInitrd(self, initramfs.BuildAgent, log)
+	image, err = agentInitrd(self, initramfs.BuildAgent, log, mods)
 	return "", image, err
+}
+
+// ptnetModule is our guest driver for the ptnet and memdev devices (guest/kmod).
+const ptnetModule = "ptvmm_ptnet"
+
+// nicModules are the host paths of the modules the cached kernel needs for nics,
+// in load order: the virtio-net group for virtio NICs, ptvmm_ptnet for ptnet.
+func nicModules(kernelDir string, nics []vmm.NIC) ([]string, error) {
+	var virtio, ptnet bool
+	for _, n := range nics {
+		switch n.Model {
+		case vmm.NICPtnet:
+			ptnet = true
+		default:
+			virtio = true
+		}
+	}
+	if !virtio && !ptnet {
+		return nil, nil
+	}
+	k, err := testhost.LoadKernel(kernelDir)
+	if err != nil {
+		return nil, err
+	}
+	var paths []string
+	if virtio {
+		names, err := k.Modules("virtio-net")
+		if err != nil {
+			return nil, err
+		}
+		for _, m := range names {
+			paths = append(paths, k.ModulePath(m))
+		}
+	}
+	if ptnet {
+		p := k.ModulePath(ptnetModule)
+		if _, err := os.Stat(p); err != nil {
+			return nil, fmt.Errorf("the guest driver for ptnet, %s.ko, is not built for %s: run `make kernel` (it needs the linux-headers-%s package)", ptnetModule, k.Version, k.Version)
+		}
+		paths = append(paths, p)
+	}
+	return paths, nil
 }
 
 // agentInitrd packs self as /init when it is a static executable: vmrun runs
 // the agent when it is started as /init, so no toolchain is needed. Otherwise
 // it packs the agent that build (initramfs.BuildAgent) compiles, which needs
 // the go command and the ptvmm source tree.
-func agentInitrd(self string, build func(out string) error, log *slog.Logger) ([]byte, error) {
+func agentInitrd(self string, build func(out string) error, log *slog.Logger, mods []string) ([]byte, error) {
 	initPath := ""
 	if self != "" {
 		static, err := staticExecutable(self)
@@ -89,7 +134,7 @@ func agentInitrd(self string, build func(out string) error, log *slog.Logger) ([
 		log.Debug("guest initramfs: the guest agent built with go")
 	}
 	var buf bytes.Buffer
-	if err := initramfs.Build(&buf, initramfs.Spec{Init: initPath}); err != nil {
+	if err := initramfs.Build(&buf, initramfs.Spec{Init: initPath, Modules: mods}); err != nil {
 		return nil, err
 	}
 	return buf.Bytes(), nil

@@ -15,6 +15,8 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"github.com/u-root/u-root/pkg/cpio"
+
+	"github.com/ptvmm/ptvmm/vmm"
 )
 
 var (
@@ -123,7 +125,7 @@ func TestAgentInitrd(t *testing.T) {
 	t.Run("static vmrun packs itself", func(t *testing.T) {
 		static := staticVMRun(t)
 		builds = 0
-		image, err := agentInitrd(static, noGo, quietLog())
+		image, err := agentInitrd(static, noGo, quietLog(), nil)
 		require.NoError(t, err)
 		want, err := os.ReadFile(static)
 		require.NoError(t, err)
@@ -132,14 +134,14 @@ func TestAgentInitrd(t *testing.T) {
 	})
 	t.Run("dynamic vmrun builds the agent", func(t *testing.T) {
 		builds = 0
-		image, err := agentInitrd(dynamicExecutable(t), fakeAgent, quietLog())
+		image, err := agentInitrd(dynamicExecutable(t), fakeAgent, quietLog(), nil)
 		require.NoError(t, err)
 		assert.Equal(t, "built agent", string(initOf(t, image)))
 		assert.Equal(t, 1, builds)
 	})
 	t.Run("dynamic vmrun without go", func(t *testing.T) {
 		var log bytes.Buffer
-		_, err := agentInitrd(dynamicExecutable(t), noGo, slog.New(slog.NewTextHandler(&log, &slog.HandlerOptions{Level: slog.LevelDebug})))
+		_, err := agentInitrd(dynamicExecutable(t), noGo, slog.New(slog.NewTextHandler(&log, &slog.HandlerOptions{Level: slog.LevelDebug})), nil)
 		require.ErrorIs(t, err, errDynamic)
 		msg := err.Error()
 		assert.NotContains(t, msg, "\n", "one line")
@@ -149,7 +151,7 @@ func TestAgentInitrd(t *testing.T) {
 	})
 	t.Run("unknown executable builds the agent", func(t *testing.T) {
 		builds = 0
-		image, err := agentInitrd("", fakeAgent, quietLog())
+		image, err := agentInitrd("", fakeAgent, quietLog(), nil)
 		require.NoError(t, err)
 		assert.Equal(t, "built agent", string(initOf(t, image)))
 		assert.Equal(t, 1, builds)
@@ -183,4 +185,37 @@ func TestVMRunIsAgent(t *testing.T) {
 	assert.Equal(t, "vmrun: flag provided but not defined: -nosuchflag (see vmrun -h)\n", string(out))
 	out, _ = exec.Command(static, "-h").CombinedOutput()
 	assert.True(t, strings.Contains(string(out), "-initrd"), "vmrun -h shows the usage:\n%s", out)
+}
+
+func TestNICModules(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, data string) {
+		t.Helper()
+		require.NoError(t, os.MkdirAll(filepath.Dir(filepath.Join(dir, name)), 0o755))
+		require.NoError(t, os.WriteFile(filepath.Join(dir, name), []byte(data), 0o644))
+	}
+	write("VERSION", "6.1.0-test\n")
+	write("vmlinuz", "x")
+	write("virtio-net.order", "virtio_ring virtio virtio_net\n")
+	for _, m := range []string{"virtio_ring", "virtio", "virtio_net"} {
+		write("modules/"+m+".ko", "x")
+	}
+	mod := func(m string) string { return filepath.Join(dir, "modules", m+".ko") }
+
+	got, err := nicModules(dir, nil)
+	require.NoError(t, err)
+	assert.Empty(t, got, "no NIC, no module")
+	got, err = nicModules(dir, []vmm.NIC{{Tap: "t"}})
+	require.NoError(t, err)
+	assert.Equal(t, []string{mod("virtio_ring"), mod("virtio"), mod("virtio_net")}, got)
+
+	// ptnet without the module built: one line naming make kernel and the headers.
+	_, err = nicModules(dir, []vmm.NIC{{Model: vmm.NICPtnet, Port: "vale0:a"}})
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "run `make kernel`")
+	assert.Contains(t, err.Error(), "linux-headers-6.1.0-test")
+	write("modules/ptvmm_ptnet.ko", "x")
+	got, err = nicModules(dir, []vmm.NIC{{Model: vmm.NICPtnet, Port: "vale0:a"}, {Port: "vale0:b"}})
+	require.NoError(t, err)
+	assert.Equal(t, []string{mod("virtio_ring"), mod("virtio"), mod("virtio_net"), mod("ptvmm_ptnet")}, got)
 }
