@@ -7,4 +7,8 @@
 //
 // Deleting the interface under an open queue (ip link del) makes the kernel fail
 // every read and write with EBADFD; the queue reports that as ErrGone.
+//
+// SetAddr gives the host side of a TAP an address (netlink RTM_NEWADDR), so a
+// guest on it reaches the host stack; AddAddr and SetLinkUp do the same for any
+// interface (the guest agent's ifconfig).
 package tap
