@@ -1,0 +1,489 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/ptvmm/ptvmm/guest/pktgen"
+)
+
+// Tier is where the driver side runs.
+type Tier string
+
+const (
+	TierProcess Tier = "process" // host goroutines over the same memory and eventfds
+	TierMicro   Tier = "micro"   // long-mode micro guests on /dev/kvm
+	TierLinux   Tier = "linux"   // Linux guests with the guest pktgen
+)
+
+// Path is a data path under test.
+type Path string
+
+const (
+	PathPtnetSwitch  Path = "ptnet-switch"  // passthrough into a switch port, a receiver on another
+	PathPtnetPipe    Path = "ptnet-pipe"    // passthrough over a netmap pipe
+	PathVirtioTap    Path = "virtio-tap"    // virtio-net over a TAP, a packet socket reading it
+	PathVirtioSwitch Path = "virtio-switch" // virtio-net on a switch port, a receiver on another
+)
+
+// Paths is every path, in table order.
+var Paths = []Path{PathPtnetSwitch, PathPtnetPipe, PathVirtioTap, PathVirtioSwitch}
+
+// passthrough says p is a ptnet path.
+func (p Path) passthrough() bool { return strings.HasPrefix(string(p), "ptnet") }
+
+// Workload is what the driver side does.
+type Workload string
+
+const (
+	WorkloadTX       Workload = "tx"       // the guest sends, the far end receives
+	WorkloadRX       Workload = "rx"       // the far end sends, the guest receives
+	WorkloadPingPong Workload = "pingpong" // one frame out, its echo back, repeated
+)
+
+// Workloads is every workload, in table order.
+var Workloads = []Workload{WorkloadTX, WorkloadRX, WorkloadPingPong}
+
+// Sizes are the default frame sizes (Ethernet, without FCS).
+var Sizes = []int{60, 1514}
+
+// Frame size limits: the Ethernet minimum, and a 1500-byte MTU.
+const (
+	MinSize = pktgen.MinFrameSize
+	MaxSize = 1514
+)
+
+// DefaultDuration is how long each run lasts when neither Duration nor Count is set.
+const DefaultDuration = 2 * time.Second
+
+// MaxRoundTrips bounds a ping-pong run given a Count (one round trip takes tens of
+// microseconds, a frame of TX tens of nanoseconds).
+const MaxRoundTrips = 100000
+
+// Config is one benchmark. Zero values take the defaults: the tier the machine allows,
+// every path, workload and size, DefaultDuration per run.
+type Config struct {
+	Tier      Tier
+	Paths     []Path
+	Workloads []Workload
+	Sizes     []int
+	// Duration ends each run after that long; Count after that many frames
+	// (ping-pong: round trips, at most MaxRoundTrips). Count wins when both are set.
+	Duration time.Duration
+	Count    uint64
+	// Tap names an existing TAP for the virtio-tap path; empty: create one.
+	Tap string
+	// Progress receives one line per run as it starts and ends (nil: none).
+	Progress io.Writer
+}
+
+// Machine says what the figures were measured on.
+type Machine struct {
+	CPU   string `json:"cpu"`
+	Cores int    `json:"cores"`
+}
+
+// Record is one run: a path, a workload and a frame size.
+type Record struct {
+	Tier     Tier     `json:"tier"`
+	Path     Path     `json:"path"`
+	Workload Workload `json:"workload"`
+	Size     int      `json:"size"` // Ethernet frame bytes, no FCS
+	// Frames the sender got taken (ping-pong: round trips tried), Received those the
+	// receiving end counted (ping-pong: echoes back), Drops the difference.
+	Frames   uint64  `json:"frames"`
+	Received uint64  `json:"received"`
+	Drops    uint64  `json:"drops"`
+	Seconds  float64 `json:"seconds"`
+	Mpps     float64 `json:"mpps"` // received per second (ping-pong: round trips)
+	Gbps     float64 `json:"gbps"` // Ethernet bytes received
+	// CPU seconds per million frames: the driver side (the guest's work), the host
+	// side (device or host loop, switch, TAP, kernel), and the far end.
+	CPUGuest float64 `json:"cpu_guest_s_per_mframe"`
+	CPUHost  float64 `json:"cpu_host_s_per_mframe"`
+	CPUPeer  float64 `json:"cpu_peer_s_per_mframe"`
+	// Kicks the driver wrote and interrupts the host sent, per frame.
+	KicksPerFrame float64 `json:"kicks_per_frame"`
+	IrqsPerFrame  float64 `json:"irqs_per_frame"`
+	// Round-trip percentiles (ping-pong only).
+	LatencyP50 *float64 `json:"latency_p50_us,omitempty"`
+	LatencyP99 *float64 `json:"latency_p99_us,omitempty"`
+	// Partial: the run was cut short (Ctrl-C).
+	Partial bool    `json:"partial,omitempty"`
+	Machine Machine `json:"machine"`
+	Kernel  string  `json:"kernel"`
+	Date    string  `json:"date"`
+}
+
+// Ratio is passthrough Mpps over virtio-net+TAP Mpps for one workload and size.
+type Ratio struct {
+	Workload    Workload `json:"workload"`
+	Size        int      `json:"size"`
+	Passthrough Path     `json:"passthrough"`
+	Mpps        float64  `json:"mpps"`
+	TapMpps     float64  `json:"tap_mpps"`
+	Ratio       float64  `json:"ratio"`
+}
+
+// Report is a whole benchmark: records in run order, notes (paths or tiers that did
+// not run, and why), and the ratios.
+type Report struct {
+	Tier        Tier     `json:"tier"`
+	Machine     Machine  `json:"machine"`
+	Kernel      string   `json:"kernel"`
+	Date        string   `json:"date"`
+	Records     []Record `json:"records"`
+	Notes       []string `json:"notes"`
+	Ratios      []Ratio  `json:"ratios"`
+	Interrupted bool     `json:"interrupted"`
+}
+
+// normalize fills the defaults and checks the lists.
+func (c Config) normalize() (Config, error) {
+	if len(c.Paths) == 0 {
+		c.Paths = Paths
+	}
+	if len(c.Workloads) == 0 {
+		c.Workloads = Workloads
+	}
+	if len(c.Sizes) == 0 {
+		c.Sizes = Sizes
+	}
+	if c.Duration <= 0 && c.Count == 0 {
+		c.Duration = DefaultDuration
+	}
+	if c.Count > 0 {
+		c.Duration = 0
+	}
+	for _, p := range c.Paths {
+		if !slices.Contains(Paths, p) {
+			return c, fmt.Errorf("bench: unknown path %q (want %s)", p, joinList(Paths))
+		}
+	}
+	for _, w := range c.Workloads {
+		if !slices.Contains(Workloads, w) {
+			return c, fmt.Errorf("bench: unknown workload %q (want %s)", w, joinList(Workloads))
+		}
+	}
+	for _, s := range c.Sizes {
+		if s < MinSize || s > MaxSize {
+			return c, fmt.Errorf("bench: frame size %d outside %d..%d", s, MinSize, MaxSize)
+		}
+	}
+	switch c.Tier {
+	case "", TierProcess, TierMicro, TierLinux:
+	default:
+		return c, fmt.Errorf("bench: unknown tier %q (want process, micro or linux)", c.Tier)
+	}
+	return c, nil
+}
+
+func joinList[T ~string](l []T) string {
+	s := make([]string, len(l))
+	for i, v := range l {
+		s[i] = string(v)
+	}
+	return strings.Join(s, ", ")
+}
+
+// AutoTier is the tier this machine allows: the process tier runs anywhere; the micro
+// and linux tiers need /dev/kvm and are chosen only when asked for (see TierStatus).
+func AutoTier() Tier { return TierProcess }
+
+// TierStatus says whether tier t can run here, and if not, why and what to do.
+func TierStatus(t Tier) (ok bool, why string) {
+	switch t {
+	case TierProcess:
+		return true, ""
+	case TierMicro:
+		if _, err := os.Stat("/dev/kvm"); err != nil {
+			return false, "tier micro: /dev/kvm missing: run on a host with KVM, or use -tier process (no KVM needed)"
+		}
+		return false, "tier micro: not implemented yet in vmrun bench (the micro guests' ptnet benchmark is `go test -run '^$' -bench . ./devices/ptmemdev` on /dev/kvm): use -tier process"
+	case TierLinux:
+		if _, err := os.Stat("/dev/kvm"); err != nil {
+			return false, "tier linux: /dev/kvm missing: run on a host with VT-x/AMD-V, or in the QEMU test host (`make e2e` runs the Linux-guest passthrough tests there); use -tier process here"
+		}
+		return false, "tier linux: not implemented yet in vmrun bench (the Linux-guest pktgen runs in e2e/ptnet_test.go: `make e2e`): use -tier process"
+	}
+	return false, fmt.Sprintf("tier %q: unknown", t)
+}
+
+// Run runs cfg and returns what it measured. A cancelled ctx (Ctrl-C) ends the run
+// in progress, which is kept and marked partial, and the report is returned with
+// Interrupted set. A path that cannot run here, or a run that fails, becomes a note
+// and the others still run. The error is for a bad Config only.
+func Run(ctx context.Context, cfg Config) (*Report, error) {
+	c, err := cfg.normalize()
+	if err != nil {
+		return nil, err
+	}
+	if c.Tier == "" {
+		c.Tier = AutoTier()
+	}
+	rep := &Report{Tier: c.Tier, Machine: machine(), Kernel: kernel(), Date: time.Now().UTC().Format(time.RFC3339)}
+	if ok, why := TierStatus(c.Tier); !ok {
+		rep.Notes = append(rep.Notes, why)
+		c.progress("bench: %s", why)
+		return rep, nil
+	}
+	r := &runner{cfg: c, rep: rep}
+	r.run(ctx)
+	rep.Ratios = ratios(rep.Records)
+	return rep, nil
+}
+
+func (c Config) progress(format string, args ...any) {
+	if c.Progress != nil {
+		fmt.Fprintf(c.Progress, format+"\n", args...)
+	}
+}
+
+// runner runs the process tier.
+type runner struct {
+	cfg Config
+	rep *Report
+}
+
+func (r *runner) run(ctx context.Context) {
+	total := len(r.cfg.Paths) * len(r.cfg.Workloads) * len(r.cfg.Sizes)
+	i := 0
+	for _, p := range r.cfg.Paths {
+		skipped := false
+		for _, w := range r.cfg.Workloads {
+			for _, s := range r.cfg.Sizes {
+				i++
+				if ctx.Err() != nil {
+					r.rep.Interrupted = true
+					return
+				}
+				if skipped {
+					continue
+				}
+				what := fmt.Sprintf("[%d/%d] %s %s %d B", i, total, p, w, s)
+				r.cfg.progress("bench: %s: %s", what, r.limit(w))
+				rec, err := r.runOne(ctx, p, w, s)
+				var skip *SkipError
+				switch {
+				case errors.As(err, &skip):
+					skipped = true
+					note := fmt.Sprintf("%s: skipped: %s", p, skip.Why)
+					r.rep.Notes = append(r.rep.Notes, note)
+					r.cfg.progress("bench: %s", note)
+					continue
+				case err != nil:
+					note := fmt.Sprintf("%s %s %d B: failed: %v", p, w, s, err)
+					r.rep.Notes = append(r.rep.Notes, note)
+					r.cfg.progress("bench: %s", note)
+					if ctx.Err() == nil {
+						continue
+					}
+				default:
+					r.rep.Records = append(r.rep.Records, rec)
+					r.cfg.progress("bench: %s: %s", what, rec.brief())
+				}
+				if ctx.Err() != nil {
+					r.rep.Interrupted = true
+					return
+				}
+			}
+		}
+	}
+}
+
+// limit says how long a run lasts, for the progress line.
+func (r *runner) limit(w Workload) string {
+	if r.cfg.Count > 0 {
+		if w == WorkloadPingPong {
+			return fmt.Sprintf("%d round trips", min(r.cfg.Count, MaxRoundTrips))
+		}
+		return fmt.Sprintf("%d frames", r.cfg.Count)
+	}
+	return r.cfg.Duration.String()
+}
+
+func (rec Record) brief() string {
+	s := fmt.Sprintf("%.3f Mpps, %.2f Gbit/s, %.5f kicks/frame, %.5f irqs/frame, %d drops", rec.Mpps, rec.Gbps, rec.KicksPerFrame, rec.IrqsPerFrame, rec.Drops)
+	if rec.LatencyP50 != nil && rec.LatencyP99 != nil {
+		s += fmt.Sprintf(", round trip p50 %.1f us p99 %.1f us", *rec.LatencyP50, *rec.LatencyP99)
+	}
+	if rec.Partial {
+		s += " (partial)"
+	}
+	return s
+}
+
+// outcome is what the driver thread measured.
+type outcome struct {
+	res        pktgen.Result
+	err        error
+	frames     uint64 // sender's count
+	received   uint64
+	denom      uint64 // frames the per-frame figures are over
+	bytes      uint64
+	guest      time.Duration
+	host       time.Duration
+	peer       time.Duration
+	irqs       uint64
+	elapsed    time.Duration
+	cutShort   bool
+	latP50     time.Duration
+	latP99     time.Duration
+	isPingPong bool
+}
+
+// runOne sets up path p, runs workload w with frames of size bytes on a locked
+// driver thread, and tears the path down.
+func (r *runner) runOne(ctx context.Context, p Path, w Workload, size int) (Record, error) {
+	e, err := r.setup(p)
+	if err != nil {
+		return Record{}, err
+	}
+	ch := make(chan outcome, 1)
+	go func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		ch <- r.drive(ctx, e, w, size)
+	}()
+	o := <-ch
+	cerr := e.close()
+	if o.err != nil {
+		return Record{}, o.err
+	}
+	if cerr != nil {
+		return Record{}, fmt.Errorf("bench: tear down %s: %w", p, cerr)
+	}
+	rec := Record{Tier: r.rep.Tier, Path: p, Workload: w, Size: size, Frames: o.frames, Received: o.received,
+		Seconds: o.elapsed.Seconds(), Partial: o.cutShort, Machine: r.rep.Machine, Kernel: r.rep.Kernel, Date: r.rep.Date}
+	if o.frames > o.received {
+		rec.Drops = o.frames - o.received
+	}
+	if o.elapsed > 0 {
+		rec.Mpps = float64(o.received) / o.elapsed.Seconds() / 1e6
+		rec.Gbps = float64(o.bytes) * 8 / o.elapsed.Seconds() / 1e9
+	}
+	if o.denom > 0 {
+		mf := float64(o.denom) / 1e6
+		rec.CPUGuest = o.guest.Seconds() / mf
+		rec.CPUHost = o.host.Seconds() / mf
+		rec.CPUPeer = o.peer.Seconds() / mf
+		rec.KicksPerFrame = float64(o.res.Kicks) / float64(o.denom)
+		rec.IrqsPerFrame = float64(o.irqs) / float64(o.denom)
+	}
+	if o.isPingPong {
+		p50, p99 := us(o.latP50), us(o.latP99)
+		rec.LatencyP50, rec.LatencyP99 = &p50, &p99
+	}
+	return rec, nil
+}
+
+func us(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) }
+
+// drive runs on the locked driver thread: the workload through pktgen, with the far
+// end in this thread (TX, RX) or on its own (ping-pong), and the CPU split.
+func (r *runner) drive(ctx context.Context, e *env, w Workload, size int) outcome {
+	c := pktgen.Config{FrameSize: size, HdrLen: e.hdrLen, Src: driverMAC, Dst: peerMAC,
+		Count: r.cfg.Count, Duration: r.cfg.Duration}
+	var (
+		o    outcome
+		sk   *sink
+		src  *source
+		feed *rxFeed
+		stop context.CancelFunc
+		done chan struct{}
+		peer struct {
+			pongs uint64
+			cpu   time.Duration
+			err   error
+		}
+	)
+	switch w {
+	case WorkloadTX:
+		sk = newSink(e.peer)
+		c.Mode, c.Tx = pktgen.ModeTx, &txDrain{r: e.tx, s: sk}
+	case WorkloadRX:
+		src = newSource(e.peer, size, driverMAC, peerMAC, r.cfg.Count)
+		feed = &rxFeed{r: e.rx, src: src, window: uint64(e.rx.Ring().NumSlots() / 2), lastHead: e.rx.Ring().Head()}
+		c.Mode, c.Rx, c.Idle = pktgen.ModeRx, feed, 300*time.Millisecond
+	case WorkloadPingPong:
+		c.Mode, c.Tx, c.Rx = pktgen.ModePing, e.tx, e.rx
+		c.RoundTimeout = 200 * time.Millisecond
+		if c.Count > MaxRoundTrips {
+			c.Count = MaxRoundTrips
+		}
+		var pctx context.Context
+		pctx, stop = context.WithCancel(context.Background())
+		done = make(chan struct{})
+		go func() {
+			runtime.LockOSThread()
+			defer runtime.UnlockOSThread()
+			defer close(done)
+			peer.pongs, peer.cpu, peer.err = responder(pctx, e.peer, peerMAC)
+		}()
+	}
+	irq0, proc0, thr0 := e.hostIrqs(), processCPU(), threadCPU()
+	o.res, o.err = pktgen.Run(ctx, c)
+	irq1, thr1 := e.hostIrqs(), threadCPU()
+	if stop != nil {
+		stop()
+		<-done
+	}
+	proc1 := processCPU()
+	o.cutShort = ctx.Err() != nil
+	o.irqs = irq1 - irq0
+	o.elapsed = o.res.Elapsed
+	switch w {
+	case WorkloadTX:
+		sk.settle(o.res.Frames, 200*time.Millisecond)
+		o.frames, o.received = o.res.Frames, min(sk.got, o.res.Frames)
+		o.denom, o.bytes = o.res.Frames, o.received*uint64(size)
+		o.peer = sk.cpu
+		if o.err == nil && sk.err != nil {
+			o.err = fmt.Errorf("bench: receiver: %w", sk.err)
+		}
+	case WorkloadRX:
+		got := o.res.Frames - min(o.res.Bad, o.res.Frames)
+		o.frames, o.received = max(src.sent, got), got
+		o.denom, o.bytes = got, o.res.Bytes
+		o.peer = src.cpu
+		if o.err == nil && src.err != nil {
+			o.err = fmt.Errorf("bench: generator: %w", src.err)
+		}
+	case WorkloadPingPong:
+		o.frames, o.received = o.res.Frames+o.res.Lost, o.res.Frames
+		o.denom, o.bytes = o.res.Frames, o.res.Bytes
+		o.peer = peer.cpu
+		o.isPingPong = true
+		o.latP50, o.latP99 = o.res.Latency.P50, o.res.Latency.P99
+		if o.err == nil && peer.err != nil {
+			o.err = fmt.Errorf("bench: responder: %w", peer.err)
+		}
+	}
+	// The driver thread ran the far end too (TX, RX): its CPU is the guest's less
+	// the far end's. Everything else in the process is the host's.
+	o.guest = thr1 - thr0
+	if w != WorkloadPingPong {
+		o.guest -= o.peer
+	}
+	o.host = proc1 - proc0 - (thr1 - thr0)
+	if w == WorkloadPingPong {
+		o.host -= o.peer
+	}
+	if o.host < 0 {
+		o.host = 0
+	}
+	if o.guest < 0 {
+		o.guest = 0
+	}
+	if o.err == nil && o.cutShort && o.res.Frames == 0 {
+		o.err = errors.New("bench: interrupted before any frame")
+	}
+	return o
+}

@@ -1,0 +1,49 @@
+// Package bench is `vmrun bench`: the same workloads over each network path, one
+// table, ratios that compare passthrough with virtio-net over a TAP in the same run.
+//
+// Paths (Path): ptnet-switch (passthrough into a switch port, a receiver on another
+// port), ptnet-pipe (passthrough over a netmap pipe), virtio-tap (virtio-net over a
+// TAP with virtio-net headers, a packet socket reading and writing the TAP on the
+// host), virtio-switch (virtio-net on a switch port, a receiver on another port).
+// Workloads (Workload): tx (the guest sends), rx (the guest receives), pingpong (one
+// frame and its echo, for round-trip latency); frame sizes 60 and 1514 B by default;
+// each run lasts Config.Duration or Config.Count frames.
+//
+// Tiers (Tier) say where the driver side runs. process: no KVM at all; the driver
+// side runs in host goroutines over the same memory and eventfds a guest would use.
+// For ptnet that is netmap.StartLocal (the port's CSB, host loop and Driver) with
+// guest/pktgen on the driver rings. For virtio-net it is a netmap-mode virtio-net
+// driver (virtq.go): the real device and PCI transport over fake guest memory whose
+// first region is a netmap region, one descriptor per netmap slot, kicks as eventfd
+// writes on the transport's doorbells (an ioeventfd's job), interrupts as MSI-X
+// vectors routed to eventfds (an irqfd's job); pktgen drives its rings unchanged.
+// So every path's host side is measured exactly as under KVM, on any machine. micro
+// and linux need /dev/kvm and are not implemented in this package yet: TierStatus
+// says so in one line, with what to run instead.
+//
+// Threads: on the 2-core machines this is built on, at most two threads are busy in
+// a run. For tx and rx the far end (receiver or generator) runs inside the driver's
+// thread between its syncs, so the busy threads are the driver's and the host's
+// (the ptnet host loop's worker, or the virtio-net queue worker); its CPU time is
+// measured apart (thread CPU clock around its calls). For pingpong the far end is a
+// responder asleep on the port's readiness descriptor on a thread of its own; one
+// frame is in flight, so one thread at a time is busy. The host loop and the device
+// run in Block mode (their defaults): they sleep when idle and ask for kicks.
+//
+// Records: frames sent and received, drops, Mpps and Gbit/s received, CPU seconds
+// per million frames for the driver side (the driver thread's CPU clock less the far
+// end's share), the host side (the process's CPU less the driver's thread and the
+// far end) and the far end, kicks per frame (doorbell writes by the driver),
+// interrupts per frame (sent by the host), round-trip p50/p99 (pingpong), machine,
+// kernel, date, tier. Report.WriteTable prints them with the ratios last,
+// Report.WriteJSON writes them (schema: testdata/report.schema.json), Report.Plot
+// draws Mpps per path and size as a PNG.
+//
+// Flow control: a switch drops what a full port cannot take, and so does a TAP, so
+// the rx generator keeps at most half a ring of frames in flight (sent, not yet
+// consumed by the driver) and the tx receiver drains after every driver sync: a run
+// measures the path's rate, not its losses. Drops are still counted and shown.
+//
+// Concurrency: Run runs one benchmark at a time from the calling goroutine (it
+// starts and ends its own goroutines); a Report is plain data.
+package bench

@@ -1,0 +1,151 @@
+package bench
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+	"strings"
+	"text/tabwriter"
+
+	"golang.org/x/sys/unix"
+)
+
+// machine reads the CPU model from /proc/cpuinfo.
+func machine() Machine {
+	m := Machine{CPU: "unknown", Cores: runtime.NumCPU()}
+	f, err := os.Open("/proc/cpuinfo")
+	if err != nil {
+		return m
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		k, v, ok := strings.Cut(sc.Text(), ":")
+		if ok && strings.TrimSpace(k) == "model name" {
+			m.CPU = strings.Join(strings.Fields(v), " ")
+			break
+		}
+	}
+	return m
+}
+
+// kernel is the running kernel's release.
+func kernel() string {
+	var u unix.Utsname
+	if err := unix.Uname(&u); err != nil {
+		return "unknown"
+	}
+	return unix.ByteSliceToString(u.Sysname[:]) + " " + unix.ByteSliceToString(u.Release[:])
+}
+
+// ratios pairs each workload and size measured on virtio-tap with the passthrough
+// paths measured in the same run: ptnet-switch first (the headline), then ptnet-pipe.
+func ratios(recs []Record) []Ratio {
+	var out []Ratio
+	find := func(p Path, w Workload, s int) *Record {
+		for i := range recs {
+			if r := &recs[i]; r.Path == p && r.Workload == w && r.Size == s {
+				return r
+			}
+		}
+		return nil
+	}
+	for _, w := range Workloads {
+		for _, s := range sizesOf(recs) {
+			tap := find(PathVirtioTap, w, s)
+			if tap == nil {
+				continue
+			}
+			for _, p := range []Path{PathPtnetSwitch, PathPtnetPipe} {
+				pt := find(p, w, s)
+				if pt == nil {
+					continue
+				}
+				r := Ratio{Workload: w, Size: s, Passthrough: p, Mpps: pt.Mpps, TapMpps: tap.Mpps}
+				if tap.Mpps > 0 {
+					r.Ratio = pt.Mpps / tap.Mpps
+				}
+				out = append(out, r)
+			}
+		}
+	}
+	return out
+}
+
+// sizesOf lists the sizes in recs, in first-seen order.
+func sizesOf(recs []Record) []int {
+	var out []int
+	seen := map[int]bool{}
+	for _, r := range recs {
+		if !seen[r.Size] {
+			seen[r.Size] = true
+			out = append(out, r.Size)
+		}
+	}
+	return out
+}
+
+// WriteTable writes the report for people: a header (tier, machine, kernel, date),
+// one line per record, the notes, and last the ratios.
+func (rep *Report) WriteTable(w io.Writer) error {
+	bw := bufio.NewWriter(w)
+	fmt.Fprintf(bw, "vmrun bench: tier %s; %s, %d cores; %s; %s\n", rep.Tier, rep.Machine.CPU, rep.Machine.Cores, rep.Kernel, rep.Date)
+	if len(rep.Records) > 0 {
+		tw := tabwriter.NewWriter(bw, 0, 0, 2, ' ', tabwriter.AlignRight)
+		fmt.Fprintln(tw, "path\tworkload\tsize\tMpps\tGbit/s\tguest s/Mf\thost s/Mf\tpeer s/Mf\tkicks/f\tirqs/f\tp50 us\tp99 us\tdrops\t")
+		for _, r := range rep.Records {
+			p50, p99 := "-", "-"
+			if r.LatencyP50 != nil && r.LatencyP99 != nil {
+				p50, p99 = fmt.Sprintf("%.1f", *r.LatencyP50), fmt.Sprintf("%.1f", *r.LatencyP99)
+			}
+			mark := ""
+			if r.Partial {
+				mark = "*"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%.3f%s\t%.3f\t%.3f\t%.3f\t%.3f\t%.5f\t%.5f\t%s\t%s\t%d\t\n",
+				r.Path, r.Workload, r.Size, r.Mpps, mark, r.Gbps, r.CPUGuest, r.CPUHost, r.CPUPeer,
+				r.KicksPerFrame, r.IrqsPerFrame, p50, p99, r.Drops)
+		}
+		if err := tw.Flush(); err != nil {
+			return err
+		}
+		fmt.Fprintln(bw, "(s/Mf: CPU seconds per million frames; ping-pong rows count round trips; * partial)")
+	}
+	for _, n := range rep.Notes {
+		fmt.Fprintf(bw, "note: %s\n", n)
+	}
+	if rep.Interrupted {
+		fmt.Fprintln(bw, "note: interrupted: the table shows what was measured before Ctrl-C")
+	}
+	if len(rep.Ratios) == 0 && len(rep.Records) > 0 {
+		fmt.Fprintln(bw, "ratio: none (needs virtio-tap and a ptnet path measured in this run)")
+	}
+	for _, r := range rep.Ratios {
+		fmt.Fprintf(bw, "ratio %s %d B: %s / virtio-tap = %.3f / %.3f Mpps = %.1fx\n",
+			r.Workload, r.Size, r.Passthrough, r.Mpps, r.TapMpps, r.Ratio)
+	}
+	return bw.Flush()
+}
+
+// WriteJSON writes the report as indented JSON.
+func (rep *Report) WriteJSON(w io.Writer) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(rep)
+}
+
+// WriteJSONFile writes the report to path.
+func (rep *Report) WriteJSONFile(path string) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return fmt.Errorf("bench: %w", err)
+	}
+	if err := rep.WriteJSON(f); err != nil {
+		f.Close()
+		return fmt.Errorf("bench: write %s: %w", path, err)
+	}
+	return f.Close()
+}
