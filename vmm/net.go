@@ -3,6 +3,7 @@ package vmm
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"sync"
 
 	"github.com/ptvmm/ptvmm/backends"
@@ -55,6 +56,9 @@ type NIC struct {
 	Queues int
 	// MTU, if non-zero, is offered to the guest and set on a TAP vmrun creates.
 	MTU int
+	// HostIP, if set, is given to the TAP (the host's end of the link, e.g.
+	// 10.0.2.2/24) so the guest reaches the host stack; Tap only.
+	HostIP netip.Prefix
 	// Slot is the PCI slot (1..31), or 0 for the first free one.
 	Slot int
 	// NoOffloads withholds checksum and TSO offloads from the guest.
@@ -149,6 +153,11 @@ func (v *VM) AddNIC(index int, n NIC) (_ *NICDevice, err error) {
 				return nil, fmt.Errorf("vmm: NIC %d: %w", index, err)
 			}
 		}
+		if n.HostIP.IsValid() {
+			if err := nd.Tap.SetAddr(n.HostIP); err != nil {
+				return nil, fmt.Errorf("vmm: NIC %d: %w", index, err)
+			}
+		}
 		ncfg.Ports = make([]backends.Port, n.Queues)
 		for i := range ncfg.Ports {
 			ncfg.Ports[i] = nd.Tap.Queue(i)
@@ -235,6 +244,14 @@ func (n *NIC) check() error {
 	}
 	if _, err := checkPortNameIfSet(n.Port); err != nil {
 		return err
+	}
+	if n.HostIP.IsValid() {
+		if n.Tap == "" {
+			return errors.New("HostIP needs a TAP (a port or Ports have no host interface)")
+		}
+		if err := tap.CheckAddr(n.HostIP); err != nil {
+			return fmt.Errorf("HostIP %w", err)
+		}
 	}
 	return nil
 }

@@ -1,6 +1,7 @@
 package vmm
 
 import (
+	"net/netip"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -16,19 +17,22 @@ func TestNICCheck(t *testing.T) {
 		{Port: "p{1"},
 		{Model: NICPtnet, Port: "vale0:b@conf:rings=2"},
 		{Model: NICPtnet, Port: "p}1"},
+		{Tap: "tap0", HostIP: netip.MustParsePrefix("10.0.2.2/24")},
 	}
 	for _, n := range good {
 		assert.NoError(t, n.check(), "%+v", n)
 	}
 	bad := map[string]NIC{
-		"exactly one":       {},
-		"exactly one ":      {Tap: "t", Port: "vale0:a"},
-		"one queue pair":    {Port: "vale0:a", Queues: 2},
-		"needs Port":        {Model: NICPtnet},
-		"no Tap":            {Model: NICPtnet, Port: "vale0:a", Tap: "t"},
-		"not Queues":        {Model: NICPtnet, Port: "vale0:a", Queues: 2},
-		"unknown NIC model": {Model: 7, Tap: "t"},
-		"valeX:Y":           {Port: "netmap:eth0"},
+		"exactly one":        {},
+		"exactly one ":       {Tap: "t", Port: "vale0:a"},
+		"one queue pair":     {Port: "vale0:a", Queues: 2},
+		"needs Port":         {Model: NICPtnet},
+		"no Tap":             {Model: NICPtnet, Port: "vale0:a", Tap: "t"},
+		"not Queues":         {Model: NICPtnet, Port: "vale0:a", Queues: 2},
+		"unknown NIC model":  {Model: 7, Tap: "t"},
+		"valeX:Y":            {Port: "netmap:eth0"},
+		"HostIP needs a TAP": {Port: "vale0:a", HostIP: netip.MustParsePrefix("10.0.2.2/24")},
+		"network's own":      {Tap: "t", HostIP: netip.MustParsePrefix("10.0.2.0/24")},
 	}
 	for want, n := range bad {
 		assert.ErrorContains(t, n.check(), want, "%+v", n)
