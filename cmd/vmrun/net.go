@@ -3,9 +3,11 @@ package main
 import (
 	"fmt"
 	"net"
+	"net/netip"
 	"strconv"
 	"strings"
 
+	"github.com/ptvmm/ptvmm/backends/tap"
 	"github.com/ptvmm/ptvmm/vmm"
 )
 
@@ -39,8 +41,8 @@ func (n slotFlag) Set(s string) error {
 }
 
 const (
-	netUsage  = "virtio,tap=NAME|port=PORT[,mac=MAC][,queues=N][,mtu=N] or ptnet,port=PORT[,mac=MAC]"
-	slotUsage = "SLOT,virtio-net,TAP|PORT[,mac=MAC][,queues=N][,mtu=N] or SLOT,ptnet,PORT[,mac=MAC]"
+	netUsage  = "virtio,tap=NAME|port=PORT[,mac=MAC][,queues=N][,mtu=N][,host-ip=ADDR/LEN] or ptnet,port=PORT[,mac=MAC]"
+	slotUsage = "SLOT,virtio-net,TAP|PORT[,mac=MAC][,queues=N][,mtu=N][,host-ip=ADDR/LEN] or SLOT,ptnet,PORT[,mac=MAC]"
 	// portForms says what a PORT is.
 	portForms = "PORT is a switch port valeX:Y or a pipe end NAME{N / NAME}N"
 )
@@ -72,9 +74,14 @@ func parseNet(s string) (vmm.NIC, error) {
 		return nic, fmt.Errorf("-net %q: tap=NAME or port=PORT is required; use -net %s", s, netUsage)
 	case nic.Tap != "" && nic.Port != "":
 		return nic, fmt.Errorf("-net %q: give tap= or port=, not both", s)
+	case nic.HostIP.IsValid() && nic.Tap == "":
+		return nic, fmt.Errorf("-net %q: %s", s, hostIPNeedsTap)
 	}
 	return nic, nil
 }
+
+// hostIPNeedsTap says where the host's address goes when the NIC has no TAP.
+const hostIPNeedsTap = "host-ip= goes with tap=NAME: a switch port has no host interface (join a TAP with -switch-tap valeX:TAP and address it with ip addr add)"
 
 // isPortName says a backend name is a netmap port rather than an interface: TAP
 // names cannot hold ':', '{' or '}'.
@@ -117,6 +124,21 @@ func setNICOption(nic *vmm.NIC, k, v string) error {
 			return fmt.Errorf("queues=%q: give a number of queue pairs from 1 to 16", v)
 		}
 		nic.Queues = n
+	case "host-ip":
+		if ptnet {
+			return fmt.Errorf("ptnet has no host-ip= (%s)", hostIPNeedsTap)
+		}
+		p, err := netip.ParsePrefix(v)
+		if err != nil {
+			if _, aerr := netip.ParseAddr(v); aerr == nil {
+				return fmt.Errorf("host-ip=%s needs a prefix length, e.g. host-ip=%s/24", v, v)
+			}
+			return fmt.Errorf("host-ip=%q is not an address with a prefix length, like 10.0.2.2/24", v)
+		}
+		if err := tap.CheckAddr(p); err != nil {
+			return fmt.Errorf("host-ip=%v", err)
+		}
+		nic.HostIP = p
 	case "mtu":
 		if ptnet {
 			return fmt.Errorf("ptnet has no mtu= option (frames are up to the port's buffer size)")
@@ -130,7 +152,7 @@ func setNICOption(nic *vmm.NIC, k, v string) error {
 		if ptnet {
 			return fmt.Errorf("unknown option %q (port, mac)", k)
 		}
-		return fmt.Errorf("unknown option %q (tap, port, mac, queues, mtu)", k)
+		return fmt.Errorf("unknown option %q (tap, port, mac, queues, mtu, host-ip)", k)
 	}
 	return nil
 }
@@ -169,11 +191,14 @@ func parseSlot(s string) (vmm.NIC, error) {
 	for _, kv := range parts[3:] {
 		k, v, ok := strings.Cut(kv, "=")
 		if !ok || v == "" || k == "tap" || k == "port" {
-			return nic, fmt.Errorf("-s %q: %q is not one of mac=, queues=, mtu=; use -s %s", s, kv, slotUsage)
+			return nic, fmt.Errorf("-s %q: %q is not one of mac=, queues=, mtu=, host-ip=; use -s %s", s, kv, slotUsage)
 		}
 		if err := setNICOption(&nic, k, v); err != nil {
 			return nic, fmt.Errorf("-s %q: %v", s, err)
 		}
+	}
+	if nic.HostIP.IsValid() && nic.Tap == "" {
+		return nic, fmt.Errorf("-s %q: %s", s, hostIPNeedsTap)
 	}
 	return nic, nil
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"flag"
 	"io"
+	"net/netip"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -18,6 +19,12 @@ func TestParseNet(t *testing.T) {
 	nic, err = parseNet("virtio,tap=t1")
 	require.NoError(t, err)
 	assert.Equal(t, vmm.NIC{Tap: "t1"}, nic)
+	nic, err = parseNet("virtio,tap=t1,host-ip=10.0.2.2/24")
+	require.NoError(t, err)
+	assert.Equal(t, vmm.NIC{Tap: "t1", HostIP: netip.MustParsePrefix("10.0.2.2/24")}, nic)
+	nic, err = parseNet("virtio,host-ip=fd00::1/64,tap=t1")
+	require.NoError(t, err)
+	assert.Equal(t, netip.MustParsePrefix("fd00::1/64"), nic.HostIP)
 	nic, err = parseNet("virtio,port=vale0:vm2")
 	require.NoError(t, err)
 	assert.Equal(t, vmm.NIC{Port: "vale0:vm2"}, nic)
@@ -26,29 +33,36 @@ func TestParseNet(t *testing.T) {
 	assert.Equal(t, vmm.NIC{Model: vmm.NICPtnet, Port: "vale1:x@conf:rings=2", MAC: [6]byte{2, 0, 0, 0, 0, 9}}, nic)
 
 	bad := map[string]string{
-		"e1000,tap=tap0":                     "not virtio or ptnet",
-		"virtio":                             "tap=NAME or port=PORT is required",
-		"virtio,tap=t,port=vale0:a":          "not both",
-		"virtio,port=tap0":                   "switch port valeX:Y",
-		"virtio,port=vale0:":                 "port=",
-		"virtio,port=pipe{":                  "port=",
-		"virtio,port=netmap:eth0":            "switch port valeX:Y",
-		"ptnet":                              "ptnet needs port=PORT",
-		"ptnet,tap=tap0":                     "use port=PORT",
-		"ptnet,port=vale0:a,queues=2":        "@conf:rings=N",
-		"ptnet,port=vale0:a,mtu=1500":        "no mtu= option",
-		"ptnet,port=vale0:a,color=red":       "(port, mac)",
-		"virtio,tap":                         "not key=value",
-		"virtio,tap=":                        "not key=value",
-		"virtio,tap=a-name-far-too-long-x":   "interface name",
-		"virtio,tap=a/b":                     "interface name",
-		"virtio,tap=t,mac=zz":                "MAC address",
-		"virtio,tap=t,mac=01:00:5e:00:00:01": "multicast",
-		"virtio,tap=t,queues=0":              "queue pairs",
-		"virtio,tap=t,queues=x":              "queue pairs",
-		"virtio,tap=t,queues=17":             "queue pairs",
-		"virtio,tap=t,mtu=20":                "MTU",
-		"virtio,tap=t,color=red":             "unknown option",
+		"e1000,tap=tap0":                          "not virtio or ptnet",
+		"virtio":                                  "tap=NAME or port=PORT is required",
+		"virtio,tap=t,port=vale0:a":               "not both",
+		"virtio,port=tap0":                        "switch port valeX:Y",
+		"virtio,port=vale0:":                      "port=",
+		"virtio,port=pipe{":                       "port=",
+		"virtio,port=netmap:eth0":                 "switch port valeX:Y",
+		"ptnet":                                   "ptnet needs port=PORT",
+		"ptnet,tap=tap0":                          "use port=PORT",
+		"ptnet,port=vale0:a,queues=2":             "@conf:rings=N",
+		"ptnet,port=vale0:a,mtu=1500":             "no mtu= option",
+		"ptnet,port=vale0:a,color=red":            "(port, mac)",
+		"virtio,tap":                              "not key=value",
+		"virtio,tap=":                             "not key=value",
+		"virtio,tap=a-name-far-too-long-x":        "interface name",
+		"virtio,tap=a/b":                          "interface name",
+		"virtio,tap=t,mac=zz":                     "MAC address",
+		"virtio,tap=t,mac=01:00:5e:00:00:01":      "multicast",
+		"virtio,tap=t,queues=0":                   "queue pairs",
+		"virtio,tap=t,queues=x":                   "queue pairs",
+		"virtio,tap=t,queues=17":                  "queue pairs",
+		"virtio,tap=t,mtu=20":                     "MTU",
+		"virtio,tap=t,color=red":                  "unknown option",
+		"virtio,tap=t,host-ip=10.0.2.2":           "needs a prefix length, e.g. host-ip=10.0.2.2/24",
+		"virtio,tap=t,host-ip=10.0.2/24":          "like 10.0.2.2/24",
+		"virtio,tap=t,host-ip=10.0.2.2/33":        "like 10.0.2.2/24",
+		"virtio,tap=t,host-ip=10.0.2.0/24":        "host-ip=10.0.2.0/24: that is the network's own",
+		"virtio,tap=t,host-ip=127.0.0.1/8":        "not a host address",
+		"virtio,port=vale0:a,host-ip=10.0.2.2/24": "host-ip= goes with tap=NAME",
+		"ptnet,port=vale0:a,host-ip=10.0.2.2/24":  "ptnet has no host-ip=",
 	}
 	for in, want := range bad {
 		_, err := parseNet(in)
@@ -74,19 +88,25 @@ func TestParseSlot(t *testing.T) {
 	nic, err = parseSlot("6,virtio-net,vale0:vm2")
 	require.NoError(t, err)
 	assert.Equal(t, vmm.NIC{Port: "vale0:vm2", Slot: 6}, nic)
+	nic, err = parseSlot("7,virtio-net,tap7,host-ip=192.168.7.1/24")
+	require.NoError(t, err)
+	assert.Equal(t, vmm.NIC{Tap: "tap7", Slot: 7, HostIP: netip.MustParsePrefix("192.168.7.1/24")}, nic)
 
 	bad := map[string]string{
-		"2,virtio-net":                "SLOT,virtio-net,TAP|PORT",
-		"0,virtio-net,tap0":           "1..31",
-		"32,virtio-net,tap0":          "1..31",
-		"x,virtio-net,tap0":           "1..31",
-		"2:1,virtio-net,tap0":         "function 0",
-		"2,virtio-blk,disk":           "not supported",
-		"2,ptnet,tap0":                "switch port valeX:Y",
-		"2,ptnet,vale0:a,queues=2":    "@conf:rings=N",
-		"2,virtio-net,t,tap=u":        "not one of mac=",
-		"2,virtio-net,t,port=vale0:x": "not one of mac=",
-		"2,virtio-net,t,mtu=1":        "MTU",
+		"2,virtio-net":                             "SLOT,virtio-net,TAP|PORT",
+		"0,virtio-net,tap0":                        "1..31",
+		"32,virtio-net,tap0":                       "1..31",
+		"x,virtio-net,tap0":                        "1..31",
+		"2:1,virtio-net,tap0":                      "function 0",
+		"2,virtio-blk,disk":                        "not supported",
+		"2,ptnet,tap0":                             "switch port valeX:Y",
+		"2,ptnet,vale0:a,queues=2":                 "@conf:rings=N",
+		"2,virtio-net,t,tap=u":                     "not one of mac=",
+		"2,virtio-net,t,port=vale0:x":              "not one of mac=",
+		"2,virtio-net,t,mtu=1":                     "MTU",
+		"2,virtio-net,t,host-ip=x":                 "like 10.0.2.2/24",
+		"2,virtio-net,vale0:a,host-ip=10.0.2.2/24": "host-ip= goes with tap=NAME",
+		"2,ptnet,vale0:a,host-ip=10.0.2.2/24":      "ptnet has no host-ip=",
 	}
 	for in, want := range bad {
 		_, err := parseSlot(in)
