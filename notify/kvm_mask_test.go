@@ -204,6 +204,7 @@ func TestKVMDirectVectorMask(t *testing.T) {
 	a.Load64(micro.RAX, micro.RBX, 0)
 	a.MovImm(micro.RBX, seenAddr)
 	a.Store64(micro.RBX, 0, micro.RAX)
+	a.Report(micro.ReadyAddr)
 	a.SpinUntil(counterAddr, 1)
 	a.Report(micro.ReadyAddr)
 	a.SpinUntil(goAddr, 2)
@@ -234,6 +235,7 @@ func TestKVMDirectVectorMask(t *testing.T) {
 	}
 	ready()
 	require.NoError(t, g.Mem.Write64(goAddr, 1))
+	ready() // the guest noted what it took while the vector was masked
 	require.NoError(t, d.MaskChanged(0, false))
 	ready() // the guest took the held interrupt
 	assert.False(t, d.PendingMSI(0))
