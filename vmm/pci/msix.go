@@ -129,7 +129,7 @@ func (m *MSIX) update(v int) {
 			}
 		}
 		if m.mn != nil && e.live != (!masked && e.routed) {
-			if m.mn.MaskChanged(i, e.live) != nil {
+			if m.mn.MaskChanged(i, e.live) != nil { // was live: now masked, and vice versa
 				m.errs++
 			} else {
 				e.live = !e.live
