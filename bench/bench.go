@@ -63,6 +63,10 @@ const (
 // DefaultDuration is how long each run lasts when neither Duration nor Count is set.
 const DefaultDuration = 2 * time.Second
 
+// driverBatch is the most frames the driver hands over per sync (netmap pkt-gen's
+// default burst), for every path alike.
+const driverBatch = 512
+
 // MaxRoundTrips bounds a ping-pong run given a Count (one round trip takes tens of
 // microseconds, a frame of TX tens of nanoseconds).
 const MaxRoundTrips = 100000
@@ -228,7 +232,8 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	if c.Tier == "" {
 		c.Tier = AutoTier()
 	}
-	rep := &Report{Tier: c.Tier, Machine: machine(), Kernel: kernel(), Date: time.Now().UTC().Format(time.RFC3339)}
+	rep := &Report{Tier: c.Tier, Machine: machine(), Kernel: kernel(), Date: time.Now().UTC().Format(time.RFC3339),
+		Records: []Record{}, Notes: []string{}, Ratios: []Ratio{}}
 	if ok, why := TierStatus(c.Tier); !ok {
 		rep.Notes = append(rep.Notes, why)
 		c.progress("bench: %s", why)
@@ -236,7 +241,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	}
 	r := &runner{cfg: c, rep: rep}
 	r.run(ctx)
-	rep.Ratios = ratios(rep.Records)
+	rep.Ratios = append(rep.Ratios, ratios(rep.Records)...)
 	return rep, nil
 }
 
@@ -326,6 +331,7 @@ type outcome struct {
 	err        error
 	frames     uint64 // sender's count
 	received   uint64
+	drops      uint64
 	denom      uint64 // frames the per-frame figures are over
 	bytes      uint64
 	guest      time.Duration
@@ -362,9 +368,7 @@ func (r *runner) runOne(ctx context.Context, p Path, w Workload, size int) (Reco
 	}
 	rec := Record{Tier: r.rep.Tier, Path: p, Workload: w, Size: size, Frames: o.frames, Received: o.received,
 		Seconds: o.elapsed.Seconds(), Partial: o.cutShort, Machine: r.rep.Machine, Kernel: r.rep.Kernel, Date: r.rep.Date}
-	if o.frames > o.received {
-		rec.Drops = o.frames - o.received
-	}
+	rec.Drops = o.drops
 	if o.elapsed > 0 {
 		rec.Mpps = float64(o.received) / o.elapsed.Seconds() / 1e6
 		rec.Gbps = float64(o.bytes) * 8 / o.elapsed.Seconds() / 1e9
@@ -390,7 +394,7 @@ func us(d time.Duration) float64 { return float64(d) / float64(time.Microsecond)
 // end in this thread (TX, RX) or on its own (ping-pong), and the CPU split.
 func (r *runner) drive(ctx context.Context, e *env, w Workload, size int) outcome {
 	c := pktgen.Config{FrameSize: size, HdrLen: e.hdrLen, Src: driverMAC, Dst: peerMAC,
-		Count: r.cfg.Count, Duration: r.cfg.Duration}
+		Count: r.cfg.Count, Duration: r.cfg.Duration, Batch: driverBatch}
 	var (
 		o    outcome
 		sk   *sink
@@ -406,7 +410,7 @@ func (r *runner) drive(ctx context.Context, e *env, w Workload, size int) outcom
 	)
 	switch w {
 	case WorkloadTX:
-		sk = newSink(e.peer)
+		sk = newSink(e.peer, e.peerRing)
 		c.Mode, c.Tx = pktgen.ModeTx, &txDrain{r: e.tx, s: sk}
 	case WorkloadRX:
 		src = newSource(e.peer, size, driverMAC, peerMAC, r.cfg.Count)
@@ -443,6 +447,7 @@ func (r *runner) drive(ctx context.Context, e *env, w Workload, size int) outcom
 	case WorkloadTX:
 		sk.settle(o.res.Frames, 200*time.Millisecond)
 		o.frames, o.received = o.res.Frames, min(sk.got, o.res.Frames)
+		o.drops = o.frames - o.received
 		o.denom, o.bytes = o.res.Frames, o.received*uint64(size)
 		o.peer = sk.cpu
 		if o.err == nil && sk.err != nil {
@@ -450,14 +455,15 @@ func (r *runner) drive(ctx context.Context, e *env, w Workload, size int) outcom
 		}
 	case WorkloadRX:
 		got := o.res.Frames - min(o.res.Bad, o.res.Frames)
-		o.frames, o.received = max(src.sent, got), got
+		// Frames still in flight when the run ended are not lost; sequence gaps are.
+		o.frames, o.received, o.drops = max(src.sent, got), got, o.res.Lost
 		o.denom, o.bytes = got, o.res.Bytes
 		o.peer = src.cpu
 		if o.err == nil && src.err != nil {
 			o.err = fmt.Errorf("bench: generator: %w", src.err)
 		}
 	case WorkloadPingPong:
-		o.frames, o.received = o.res.Frames+o.res.Lost, o.res.Frames
+		o.frames, o.received, o.drops = o.res.Frames+o.res.Lost, o.res.Frames, o.res.Lost
 		o.denom, o.bytes = o.res.Frames, o.res.Bytes
 		o.peer = peer.cpu
 		o.isPingPong = true

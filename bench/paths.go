@@ -25,6 +25,7 @@ type env struct {
 	tx, rx   pktgen.Ring
 	hdrLen   int // virtio-net header in front of each frame in the driver's buffers
 	peer     backends.Port
+	peerRing *netmap.Port // the far end's netmap port (nil: a packet socket)
 	hostIrqs func() uint64
 	close    func() error
 }
@@ -90,7 +91,7 @@ func setupPtnetSwitch() (*env, error) {
 		pa.Detach()
 		return nil, fmt.Errorf("bench: ptnet on a switch port: %w", err)
 	}
-	return &env{tx: l.Driver.TxRing(0), rx: l.Driver.RxRing(0), peer: pb, hostIrqs: irqs,
+	return &env{tx: l.Driver.TxRing(0), rx: l.Driver.RxRing(0), peer: pb, peerRing: pb.Port(), hostIrqs: irqs,
 		close: func() error { return errors.Join(l.Close(), pb.Close(), pa.Detach()) }}, nil
 }
 
@@ -114,7 +115,7 @@ func setupPtnetPipe() (*env, error) {
 		m.Close()
 		return nil, fmt.Errorf("bench: pipe end: %w", err)
 	}
-	return &env{tx: l.Driver.TxRing(0), rx: l.Driver.RxRing(0), peer: peer, hostIrqs: irqs,
+	return &env{tx: l.Driver.TxRing(0), rx: l.Driver.RxRing(0), peer: peer, peerRing: sl, hostIrqs: irqs,
 		close: func() error { return errors.Join(l.Close(), peer.Close(), sl.Close(), m.Close()) }}, nil
 }
 
@@ -179,6 +180,6 @@ func setupVirtioSwitch() (*env, error) {
 		pb.Close()
 		return nil, err
 	}
-	return &env{tx: nic.tx, rx: nic.rx, hdrLen: 12, peer: pb, hostIrqs: nic.Interrupts,
+	return &env{tx: nic.tx, rx: nic.rx, hdrLen: 12, peer: pb, peerRing: pb.Port(), hostIrqs: nic.Interrupts,
 		close: func() error { return errors.Join(nic.Close(), pb.Close()) }}, nil
 }
