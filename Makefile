@@ -20,8 +20,11 @@ build: vmrun
 # A static bin/vmrun: it packs itself as the guest's /init when no -initrd is
 # given, so it runs without the Go toolchain. (A plain build links it
 # dynamically, since net and os/user use cgo when a C compiler is present.)
+# It finds the kernel `make kernel` provisions through the path compiled in
+# (and, moved elsewhere, beside itself or through $$PTVMM_KERNEL_DIR).
+KERNEL_DIR ?= $(or $(PTVMM_KERNEL_DIR),$(CURDIR)/.cache/kernel)
 vmrun:
-	CGO_ENABLED=0 $(GO) build -trimpath -o bin/vmrun ./cmd/vmrun
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-X github.com/ptvmm/ptvmm/internal/kcache.BuiltDir=$(KERNEL_DIR)" -o bin/vmrun ./cmd/vmrun
 
 # Debian's cloud kernel and the modules the tests load, into .cache/kernel;
 # then our guest module (guest/kmod), built against the kernel's headers.

@@ -9,7 +9,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/ptvmm/ptvmm/internal/testhost"
+	"github.com/ptvmm/ptvmm/internal/kcache"
 )
 
 // parseSize reads 512M, 1G, 65536K or a bare number of MiB.
@@ -41,9 +41,9 @@ func kernelPath(flagValue string) (string, error) {
 	if flagValue != "" {
 		return flagValue, nil
 	}
-	dir, err := testhost.KernelDir()
+	dir, err := kcache.Dir()
 	if err != nil {
-		return "", fmt.Errorf("no -kernel given and no kernel cache: %w", err)
+		return "", fmt.Errorf("no -kernel given and %w", err)
 	}
 	p := filepath.Join(dir, "vmlinuz")
 	if _, err := os.Stat(p); err != nil {

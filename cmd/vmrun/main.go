@@ -32,7 +32,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ptvmm/ptvmm/guest/agent"
-	"github.com/ptvmm/ptvmm/internal/testhost"
+	"github.com/ptvmm/ptvmm/internal/kcache"
 	"github.com/ptvmm/ptvmm/vmm"
 )
 
@@ -250,7 +250,7 @@ func guestModules(kernelFlag string, nics []vmm.NIC, log *slog.Logger) ([]string
 		log.Warn("with -kernel, the default initramfs carries no NIC drivers; give an -initrd whose agent loads them (ptvmm.modules=)")
 		return nil, nil
 	}
-	dir, err := testhost.KernelDir()
+	dir, err := kcache.Dir()
 	if err != nil {
 		return nil, err
 	}

@@ -10,7 +10,7 @@ import (
 	"path/filepath"
 
 	"github.com/ptvmm/ptvmm/guest/initramfs"
-	"github.com/ptvmm/ptvmm/internal/testhost"
+	"github.com/ptvmm/ptvmm/internal/kcache"
 	"github.com/ptvmm/ptvmm/vmm"
 )
 
@@ -38,19 +38,10 @@ func staticExecutable(path string) (bool, error) {
 	return true, nil
 }
 
-// defaultInitrd is the guest agent initramfs: the prepared one inside the test
-// host, else one with this vmrun (which carries the agent) as /init, else one
-// with the agent built now. mods are kernel modules the agent loads first (the
-// NICs' drivers); a prepared initramfs does not load them, so with mods one is
-// always packed.
+// defaultInitrd is the guest agent initramfs: one with this vmrun (which carries
+// the agent) as /init, else one with the agent built now. mods are kernel modules
+// the agent loads first (the NICs' drivers).
 func defaultInitrd(log *slog.Logger, mods []string) (path string, image []byte, err error) {
-	if dir := testhost.AssetsDir(); dir != "" && len(mods) == 0 {
-		p := filepath.Join(dir, testhost.AssetGuestInit)
-		if _, err := os.Stat(p); err == nil {
-			log.Debug("guest initramfs: the test host's prepared one", "path", p)
-			return p, nil, nil
-		}
-	}
 	self, err := os.Executable()
 	if err != nil {
 		log.Debug("cannot find this vmrun's executable", "err", err)
@@ -78,7 +69,7 @@ func nicModules(kernelDir string, nics []vmm.NIC) ([]string, error) {
 	if !virtio && !ptnet {
 		return nil, nil
 	}
-	k, err := testhost.LoadKernel(kernelDir)
+	k, err := kcache.Load(kernelDir)
 	if err != nil {
 		return nil, err
 	}
