@@ -30,7 +30,7 @@ const (
 	// FlagError marks a reply that carries an ErrorReply payload.
 	FlagError = 0x8
 	// FlagReply marks a reply (the type and seq echo the request's).
-	FlagReply = 0x10
+	FlagReply  = 0x10
 	flagsKnown = flagVersionMask | FlagError | FlagReply
 )
 

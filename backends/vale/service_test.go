@@ -61,7 +61,9 @@ func TestServiceHostPortsSwitch(t *testing.T) {
 	require.Zero(t, ea.Drops+eb.Drops)
 }
 
-func tagOf(f []byte) uint32 { return uint32(f[14])<<24 | uint32(f[15])<<16 | uint32(f[16])<<8 | uint32(f[17]) }
+func tagOf(f []byte) uint32 {
+	return uint32(f[14])<<24 | uint32(f[15])<<16 | uint32(f[16])<<8 | uint32(f[17])
+}
 
 // A pipe in the service: its two ends opened by two clients.
 func TestServiceHostPortsPipe(t *testing.T) {
