@@ -1,5 +1,12 @@
 package backends
 
+import "errors"
+
+// ErrGone is returned (wrapped) by a Port whose backend went away for good: a TAP
+// interface deleted under an open queue, a peer process that closed its end. A
+// device stops using such a port instead of retrying.
+var ErrGone = errors.New("backend is gone")
+
 // Port is a frame endpoint that a device or the switch exchanges Ethernet frames with.
 // Frames may carry a virtio-net header prefix when the port was configured so.
 //

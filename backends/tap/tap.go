@@ -8,6 +8,8 @@ import (
 	"sync/atomic"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ptvmm/ptvmm/backends"
 )
 
 // Offload flags for SetOffload (TUN_F_* in linux/if_tun.h): what the host may hand
@@ -22,9 +24,10 @@ const (
 
 const tunPath = "/dev/net/tun"
 
-// ErrGone is returned (wrapped) once the interface was deleted under an open queue
-// (ip link del): the kernel then fails every read and write with EBADFD.
-var ErrGone = errors.New("tap interface was removed")
+// ErrGone is backends.ErrGone, returned (wrapped) once the interface was deleted
+// under an open queue (ip link del): the kernel then fails every read and write
+// with EBADFD.
+var ErrGone = backends.ErrGone
 
 // Options open a TAP.
 type Options struct {

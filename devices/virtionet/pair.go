@@ -6,7 +6,6 @@ import (
 	"fmt"
 
 	"github.com/ptvmm/ptvmm/backends"
-	"github.com/ptvmm/ptvmm/backends/tap"
 	"github.com/ptvmm/ptvmm/devices/virtio"
 	"github.com/ptvmm/ptvmm/notify"
 )
@@ -309,7 +308,7 @@ func (p *pair) sendChain(c *virtio.Chain) bool {
 		sent = n == 1
 	}
 	if err != nil {
-		if errors.Is(err, tap.ErrGone) {
+		if errors.Is(err, backends.ErrGone) {
 			p.d.portGone(p.idx, err)
 		}
 		st.txDropped.Add(1)
@@ -539,7 +538,7 @@ func (p *pair) receiveOne() rxStep {
 		}
 	}
 	if err != nil {
-		if errors.Is(err, tap.ErrGone) {
+		if errors.Is(err, backends.ErrGone) {
 			p.d.portGone(p.idx, err)
 		}
 		p.st.rxDropped.Add(1)
