@@ -55,7 +55,7 @@ func (rep *Report) Plot(path string) error {
 		}
 		plots[i] = []*plot.Plot{p}
 	}
-	width := vg.Points(float64(max(560, 110*len(sizes)*len(paths)+160)))
+	width := vg.Points(float64(max(520, 40*len(sizes)*len(paths)+len(sizes)*60+200)))
 	img := vgimg.New(width, vg.Points(float64(270*len(wls))))
 	dc := draw.New(img)
 	tiles := draw.Tiles{Rows: len(wls), Cols: 1, PadTop: vg.Points(6), PadBottom: vg.Points(6), PadLeft: vg.Points(6), PadRight: vg.Points(10), PadY: vg.Points(14)}
@@ -77,7 +77,7 @@ func (rep *Report) Plot(path string) error {
 var workloadTitles = map[Workload]string{
 	WorkloadTX:       "guest TX",
 	WorkloadRX:       "guest RX",
-	WorkloadPingPong: "ping-pong (million round trips/s)",
+	WorkloadPingPong: "ping-pong",
 }
 
 // panel is one workload: a group of bars per frame size, one bar per path.
@@ -86,6 +86,9 @@ func (rep *Report) panel(w Workload, paths []Path, sizes []int) (*plot.Plot, err
 	p.Title.Text = fmt.Sprintf("%s - tier %s, %s (%d cores), %s", workloadTitles[w], rep.Tier, rep.Machine.CPU, rep.Machine.Cores, dateOnly(rep.Date))
 	p.Title.TextStyle.Font.Size = vg.Points(10)
 	p.Y.Label.Text = "Mpps"
+	if w == WorkloadPingPong {
+		p.Y.Label.Text = "M round trips/s"
+	}
 	p.Y.Min = 0
 	p.Legend.Top = true
 	p.Legend.Left = false
@@ -134,7 +137,8 @@ func (rep *Report) panel(w Workload, paths []Path, sizes []int) (*plot.Plot, err
 		names[j] = fmt.Sprintf("%d B", s)
 	}
 	p.NominalX(names...)
-	p.X.Padding = vg.Points(float64(len(paths)) * 16)
+	// Half a category of room on each side, so the outer groups' bars fit.
+	p.X.Min, p.X.Max = -0.5, float64(len(sizes))-0.5
 	return p, nil
 }
 
