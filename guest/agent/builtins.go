@@ -46,6 +46,7 @@ func init() {
 		"help":  {"help", runHelp},
 		// pktgen.go: a packet generator over a ptnet NIC.
 		"pktgen": {pktgenUsage, runPktgen},
+		/* net*.go */ "ifconfig": {ifconfigUsage, runIfconfig}, "ping": {pingUsage, runPing},
 	}
 }
 
