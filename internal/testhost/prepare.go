@@ -93,6 +93,7 @@ type Assets struct {
 	VMRun  string       // static cmd/vmrun; "" when the repo has none yet
 	Runner string       // static runner of a RunPlan (see Options.Runner); "" when not built
 	Tests  []TestBinary // static test binaries built for the test host
+	Demo   string       // the demo guest's initramfs (AssetDemoInit); "" until PackDemo
 }
 
 // TestBinary is a `go test -c` binary of one package.
@@ -248,6 +249,42 @@ func GuestModuleArg(k *Kernel, groups ...string) (string, error) {
 	return "ptvmm.modules=" + strings.Join(mods, ","), nil
 }
 
+// PtnetKmod is our guest driver for the ptnet and memdev devices
+// (guest/kmod): it gives a process /dev/ptnetN. Like TestdevKmod, it is in
+// the kernel cache when `make kernel` could build it.
+const PtnetKmod = "ptvmm_ptnet"
+
+// AssetDemoInit is the demo guest's initramfs in the assets (see PackDemo).
+const AssetDemoInit = "demo.cpio"
+
+// PackDemo writes the demo guest's initramfs, AssetDemoInit: the agent as
+// /init, loading the virtio-net modules and, with ptnet, PtnetKmod at boot,
+// and running cmds (agent built-ins, one a line) in order until one fails.
+// Boot it with GuestAppend, which names no command. WriteTestHostInitramfs
+// carries it from then on.
+func (a *Assets) PackDemo(cmds []string, ptnet bool) error {
+	mods, err := a.Kernel.Modules("virtio-net")
+	if err != nil {
+		return err
+	}
+	if ptnet {
+		if why := KmodMissing(a.Kernel, PtnetKmod); why != "" {
+			return fmt.Errorf("testhost: demo: %s", why)
+		}
+		mods = append(mods, PtnetKmod)
+	}
+	spec := initramfs.Spec{Init: a.Init, Cmd: strings.Join(cmds, "\n") + "\n"}
+	for _, m := range mods {
+		spec.Modules = append(spec.Modules, a.Kernel.ModulePath(m))
+	}
+	p := filepath.Join(a.Dir, AssetDemoInit)
+	if err := initramfs.BuildFile(p, spec); err != nil {
+		return err
+	}
+	a.Demo = p
+	return nil
+}
+
 // packGuest writes the inner guest's initramfs: the agent as /init, the
 // GuestModules files and TestdevKmod if it was built.
 func (a *Assets) packGuest() error {
@@ -331,6 +368,9 @@ func (a *Assets) WriteTestHostInitramfs(path string, h HostSpec) error {
 		add(f, at(AssetKernelDir+"/modules/"+filepath.Base(f)), 0o644)
 	}
 	add(filepath.Join(a.Dir, AssetGuestInit), at(AssetGuestInit), 0o644)
+	if a.Demo != "" {
+		add(a.Demo, at(AssetDemoInit), 0o644)
+	}
 	if a.VMRun != "" {
 		add(a.VMRun, at(AssetVMRun), 0o755)
 	}
@@ -421,13 +461,18 @@ const GuestLogEnv = "PTVMM_E2E_GUEST_LOG"
 // GuestCmdline is the inner guest's kernel command line: the agent runs cmd;
 // extra are more words (e.g. from GuestModuleArg).
 func GuestCmdline(cmd string, extra ...string) string {
+	return GuestAppend(extra...) + fmt.Sprintf(` ptvmm.cmd="%s"`, cmd)
+}
+
+// GuestAppend is GuestCmdline without a command, for an initramfs that
+// carries its commands (/etc/ptvmm/cmd, see PackDemo).
+func GuestAppend(extra ...string) string {
 	// As vmrun's default -append: one UART probed, no timer check (slow under TCG).
 	app := []string{"console=ttyS0", "reboot=k", "panic=-1", "8250.nr_uarts=1", "no_timer_check"}
 	if os.Getenv(GuestLogEnv) == "" {
 		app = append(app, "quiet")
 	}
 	app = append(app, extra...)
-	app = append(app, fmt.Sprintf(`ptvmm.cmd="%s"`, cmd))
 	return strings.Join(app, " ")
 }
 
