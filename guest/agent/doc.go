@@ -25,6 +25,8 @@
 //
 // Installed as /bin/ptvmm-agent too, it offers a few commands so that tests
 // need no shell or busybox: ptvmm-agent echo|cat|ls|exit|uname|nproc|sleep|
-// kill|true|false|kvm (see "ptvmm-agent help"). It also dispatches on the
+// kill|true|false|kvm (see "ptvmm-agent help"); ifconfig (link up and an
+// address, over netlink) and ping (ICMP echo with iputils' output) for a
+// guest on a NIC; pktgen over a ptnet NIC. It also dispatches on the
 // name it was run as, so a link named echo to it acts as echo.
 package agent

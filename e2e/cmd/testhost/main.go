@@ -2,6 +2,11 @@
 // (make demo): directly on a host with VT-x/AMD-V, otherwise inside a QEMU
 // TCG test host whose kvm-amd gives the tests a hardware-style /dev/kvm.
 //
+// The demo boots Debian's kernel with vmrun -v on a virtio-net NIC whose TAP
+// has the host's address (host-ip=) and, when guest/kmod's ptvmm_ptnet is
+// built, a ptnet NIC on switch vale0 joined to a second TAP; the guest agent
+// shows uname, sets up eth0, pings the host and runs pktgen over ptnet.
+//
 // It prints the tests' -test.v output, a per-test summary with wall times,
 // the test host boot time, and go test's "ok"/"FAIL" line per package; it
 // exits 1 on any failure and never hangs (-timeout kills qemu and shows the
