@@ -67,6 +67,10 @@ const DefaultDuration = 2 * time.Second
 // default burst), for every path alike.
 const driverBatch = 512
 
+// CountTimeout ends a Count run that has not finished by then (a path that stopped
+// taking frames must not hang the benchmark).
+const CountTimeout = time.Minute
+
 // MaxRoundTrips bounds a ping-pong run given a Count (one round trip takes tens of
 // microseconds, a frame of TX tens of nanoseconds).
 const MaxRoundTrips = 100000
@@ -79,7 +83,8 @@ type Config struct {
 	Workloads []Workload
 	Sizes     []int
 	// Duration ends each run after that long; Count after that many frames
-	// (ping-pong: round trips, at most MaxRoundTrips). Count wins when both are set.
+	// (ping-pong: round trips, at most MaxRoundTrips), or CountTimeout. Count wins
+	// when both are set.
 	Duration time.Duration
 	Count    uint64
 	// Tap names an existing TAP for the virtio-tap path; empty: create one.
@@ -395,6 +400,9 @@ func us(d time.Duration) float64 { return float64(d) / float64(time.Microsecond)
 func (r *runner) drive(ctx context.Context, e *env, w Workload, size int) outcome {
 	c := pktgen.Config{FrameSize: size, HdrLen: e.hdrLen, Src: driverMAC, Dst: peerMAC,
 		Count: r.cfg.Count, Duration: r.cfg.Duration, Batch: driverBatch}
+	if c.Count > 0 {
+		c.Duration = CountTimeout
+	}
 	var (
 		o    outcome
 		sk   *sink
