@@ -149,7 +149,7 @@ func ping(ctx context.Context, dst netip.Addr, o pingOptions, s stdio) int {
 			seq++
 			if err := unix.Sendto(sock.fd, echoRequest(id, seq, payload), 0, to); err != nil {
 				st.errors++
-				fmt.Fprintf(s.out, "ping: sendto %s icmp_seq=%d: %v\n", dst, seq, err)
+				fmt.Fprintf(s.err, "ping: sendto %s icmp_seq=%d: %v\n", dst, seq, err)
 			} else {
 				st.sent++
 				sent[seq] = &pending{at: now}
@@ -168,7 +168,8 @@ func ping(ctx context.Context, dst netip.Addr, o pingOptions, s stdio) int {
 		if done() {
 			until = linger
 		}
-		ms := int(time.Until(until).Milliseconds()) + 1
+		// Rounded up, and never negative: poll waits forever on -1.
+		ms := max(0, int((time.Until(until)+time.Millisecond-1)/time.Millisecond))
 		n, err := unix.Poll(pfds, ms)
 		switch {
 		case err == unix.EINTR:
