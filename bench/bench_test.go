@@ -208,3 +208,20 @@ func TestTierWithoutKVM(t *testing.T) {
 		assert.Contains(t, rep.Notes[0], "-tier process")
 	}
 }
+
+// TestTapMissing: a TAP that is not there is one note saying why and what to do; the
+// other paths still run, and the ratio line says none.
+func TestTapMissing(t *testing.T) {
+	rep, err := Run(context.Background(), Config{Paths: []Path{PathVirtioTap, PathPtnetPipe}, Workloads: []Workload{WorkloadTX, WorkloadRX},
+		Sizes: []int{60}, Count: 500, Tap: "ptvbnothere"})
+	require.NoError(t, err)
+	require.Len(t, rep.Notes, 1, "one line for the path, not one per run")
+	assert.Contains(t, rep.Notes[0], "virtio-tap: skipped: TAP ptvbnothere does not exist: create it with `ip tuntap add ptvbnothere mode tap")
+	require.Len(t, rep.Records, 2)
+	assert.Equal(t, PathPtnetPipe, rep.Records[0].Path)
+	assert.Empty(t, rep.Ratios)
+	var b bytes.Buffer
+	require.NoError(t, rep.WriteTable(&b))
+	assert.Contains(t, b.String(), "note: virtio-tap: skipped: TAP ptvbnothere does not exist")
+	assert.True(t, strings.HasSuffix(b.String(), "ratio: none (needs virtio-tap and a ptnet path measured in this run)\n"))
+}
