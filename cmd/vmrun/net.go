@@ -75,13 +75,13 @@ func parseNet(s string) (vmm.NIC, error) {
 	case nic.Tap != "" && nic.Port != "":
 		return nic, fmt.Errorf("-net %q: give tap= or port=, not both", s)
 	case nic.HostIP.IsValid() && nic.Tap == "":
-		return nic, fmt.Errorf("-net %q: %s", s, hostIPNeedsTap)
+		return nic, fmt.Errorf("-net %q: host-ip= goes with tap=NAME; %s", s, hostIPNeedsTap)
 	}
 	return nic, nil
 }
 
 // hostIPNeedsTap says where the host's address goes when the NIC has no TAP.
-const hostIPNeedsTap = "host-ip= goes with tap=NAME: a switch port has no host interface (join a TAP with -switch-tap valeX:TAP and address it with ip addr add)"
+const hostIPNeedsTap = "a switch port has no host interface: join a TAP with -switch-tap valeX:TAP and address it with ip addr add"
 
 // isPortName says a backend name is a netmap port rather than an interface: TAP
 // names cannot hold ':', '{' or '}'.
@@ -126,7 +126,7 @@ func setNICOption(nic *vmm.NIC, k, v string) error {
 		nic.Queues = n
 	case "host-ip":
 		if ptnet {
-			return fmt.Errorf("ptnet has no host-ip= (%s)", hostIPNeedsTap)
+			return fmt.Errorf("ptnet has no host-ip=; %s", hostIPNeedsTap)
 		}
 		p, err := netip.ParsePrefix(v)
 		if err != nil {
@@ -198,7 +198,7 @@ func parseSlot(s string) (vmm.NIC, error) {
 		}
 	}
 	if nic.HostIP.IsValid() && nic.Tap == "" {
-		return nic, fmt.Errorf("-s %q: %s", s, hostIPNeedsTap)
+		return nic, fmt.Errorf("-s %q: host-ip= goes with a TAP; %s", s, hostIPNeedsTap)
 	}
 	return nic, nil
 }

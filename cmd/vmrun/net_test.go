@@ -105,7 +105,7 @@ func TestParseSlot(t *testing.T) {
 		"2,virtio-net,t,port=vale0:x":              "not one of mac=",
 		"2,virtio-net,t,mtu=1":                     "MTU",
 		"2,virtio-net,t,host-ip=x":                 "like 10.0.2.2/24",
-		"2,virtio-net,vale0:a,host-ip=10.0.2.2/24": "host-ip= goes with tap=NAME",
+		"2,virtio-net,vale0:a,host-ip=10.0.2.2/24": "host-ip= goes with a TAP",
 		"2,ptnet,vale0:a,host-ip=10.0.2.2/24":      "ptnet has no host-ip=",
 	}
 	for in, want := range bad {
