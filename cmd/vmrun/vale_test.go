@@ -140,7 +140,9 @@ func TestValeCapture(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	var out, errb lockedBuffer
 	done := make(chan int, 1)
-	go func() { done <- valeMain(ctx, []string{"-switch", s.Path(), "capture", "vale0:a", file, "-dir", "out"}, &out, &errb) }()
+	go func() {
+		done <- valeMain(ctx, []string{"-switch", s.Path(), "capture", "vale0:a", file, "-dir", "out"}, &out, &errb)
+	}()
 	// The capture is on once the command says so (after the service's reply).
 	deadline := time.Now().Add(5 * time.Second)
 	for !strings.Contains(errb.String(), "recording") {
