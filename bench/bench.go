@@ -143,6 +143,8 @@ type Ratio struct {
 
 // Report is a whole benchmark: records in run order, notes (paths or tiers that did
 // not run, and why), and the ratios.
+//
+// Concurrency: plain data; its methods only read it, from any number of goroutines.
 type Report struct {
 	Tier        Tier     `json:"tier"`
 	Machine     Machine  `json:"machine"`
@@ -229,6 +231,9 @@ func TierStatus(t Tier) (ok bool, why string) {
 // in progress, which is kept and marked partial, and the report is returned with
 // Interrupted set. A path that cannot run here, or a run that fails, becomes a note
 // and the others still run. The error is for a bad Config only.
+//
+// Concurrency: one Run at a time per process (runs would share the TAP name and
+// the two cores they measure).
 func Run(ctx context.Context, cfg Config) (*Report, error) {
 	c, err := cfg.normalize()
 	if err != nil {

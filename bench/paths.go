@@ -30,7 +30,7 @@ type env struct {
 	close    func() error
 }
 
-// SkipError says a path cannot run here, why, and what to do about it.
+// SkipError says a path cannot run here, why, and what to do about it. Plain data.
 type SkipError struct{ Why string }
 
 func (e *SkipError) Error() string { return e.Why }
