@@ -1,7 +1,8 @@
 // Command vmrun boots a Linux guest on KVM with its console on stdio:
 //
 //	vmrun [-kernel PATH] [-initrd PATH] [-append STR] [-m 512M] [-cpus 2] [-v] [-force]
-//	      [-net virtio,tap=NAME|port=PORT[,mac=MAC][,queues=N][,mtu=N]] [-net ptnet,port=PORT]
+//	      [-net virtio,tap=NAME|port=PORT[,mac=MAC][,queues=N][,mtu=N][,host-ip=ADDR/LEN]]
+//	      [-net ptnet,port=PORT]
 //	      [-s SLOT,virtio-net,TAP|PORT] [-s SLOT,ptnet,PORT] [-switch-tap valeX:TAP]
 //
 // A PORT is a netmap port inside vmrun: "valeX:Y" (port Y on switch valeX, which is
