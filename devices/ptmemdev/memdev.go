@@ -42,29 +42,41 @@ func NewMemdev(r *netmap.Region) (*Memdev, error) {
 	if r == nil {
 		return nil, errors.New("ptmemdev: memdev without a region")
 	}
-	size := r.MapSize()
-	if size < 4096 || bits.OnesCount64(size) != 1 || size > 1<<40 {
-		return nil, fmt.Errorf("ptmemdev: memdev: region %d maps %#x bytes, not a power of two of at least a page", r.ID(), size)
-	}
-	if r.Size() > size {
-		return nil, fmt.Errorf("ptmemdev: memdev: region %d is %d bytes, more than its %d-byte mapping", r.ID(), r.Size(), size)
-	}
-	if info := r.PoolsInfo(); info.BufPoolOffset > 0xffff_ffff {
-		// The offset registers are 32 bits wide.
-		return nil, fmt.Errorf("ptmemdev: memdev: region %d's buffer pool starts at %#x, beyond the 32-bit registers", r.ID(), info.BufPoolOffset)
-	}
-	host, err := unix.Mmap(r.FD(), 0, int(size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	m, err := NewMemdevFD(r.FD(), r.PoolsInfo(), r.MapSize())
 	if err != nil {
-		return nil, fmt.Errorf("ptmemdev: memdev: map region %d (%d bytes): %w", r.ID(), size, err)
+		return nil, err
 	}
 	r.Ref()
-	return &Memdev{reg: r, info: r.PoolsInfo(), host: host}, nil
+	m.reg = r
+	return m, nil
+}
+
+// NewMemdevFD maps a region that lives in another process (a switch service): fd
+// is its memfd (the caller keeps it; the mapping keeps the memory), info its
+// pools, mapSize the memfd's size (a power of two). Region() is then nil.
+func NewMemdevFD(fd int, info netmap.PoolsInfo, mapSize uint64) (*Memdev, error) {
+	size := mapSize
+	if size < 4096 || bits.OnesCount64(size) != 1 || size > 1<<40 {
+		return nil, fmt.Errorf("ptmemdev: memdev: region %d maps %#x bytes, not a power of two of at least a page", info.MemID, size)
+	}
+	if info.MemSize > size {
+		return nil, fmt.Errorf("ptmemdev: memdev: region %d is %d bytes, more than its %d-byte mapping", info.MemID, info.MemSize, size)
+	}
+	if info.BufPoolOffset > 0xffff_ffff {
+		// The offset registers are 32 bits wide.
+		return nil, fmt.Errorf("ptmemdev: memdev: region %d's buffer pool starts at %#x, beyond the 32-bit registers", info.MemID, info.BufPoolOffset)
+	}
+	host, err := unix.Mmap(fd, 0, int(size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		return nil, fmt.Errorf("ptmemdev: memdev: map region %d (%d bytes): %w", info.MemID, size, err)
+	}
+	return &Memdev{info: info, host: host}, nil
 }
 
 // MemID is the region's mem id, the MEMID register; a ptnet's HOSTMEMID names it.
 func (m *Memdev) MemID() uint16 { return m.info.MemID }
 
-// Region is the region behind BAR1.
+// Region is the region behind BAR1 (nil when it lives in another process).
 func (m *Memdev) Region() *netmap.Region { return m.reg }
 
 // Host is BAR1's host mapping (the guest sees these bytes at BAR1).
@@ -139,7 +151,9 @@ func (m *Memdev) Close() error {
 			err = unix.Munmap(m.host)
 			m.host = nil
 		}
-		err = errors.Join(err, m.reg.Close())
+		if m.reg != nil {
+			err = errors.Join(err, m.reg.Close())
+		}
 	})
 	if err != nil {
 		return fmt.Errorf("ptmemdev: memdev close: %w", err)

@@ -30,11 +30,24 @@ type PluggedMemdev struct {
 
 // PlugMemdev maps r and adds its memdev in slot (0: the first free one). The root
 // must have a MemoryMapper (BAR1 is a memslot).
-func PlugMemdev(m Machine, slot int, r *netmap.Region) (_ *PluggedMemdev, err error) {
+func PlugMemdev(m Machine, slot int, r *netmap.Region) (*PluggedMemdev, error) {
 	md, err := NewMemdev(r)
 	if err != nil {
 		return nil, err
 	}
+	return plugMemdev(m, slot, md)
+}
+
+// PlugMemdevFD is PlugMemdev for a region in another process (NewMemdevFD).
+func PlugMemdevFD(m Machine, slot int, fd int, info netmap.PoolsInfo, mapSize uint64) (*PluggedMemdev, error) {
+	md, err := NewMemdevFD(fd, info, mapSize)
+	if err != nil {
+		return nil, err
+	}
+	return plugMemdev(m, slot, md)
+}
+
+func plugMemdev(m Machine, slot int, md *Memdev) (_ *PluggedMemdev, err error) {
 	p := &PluggedMemdev{Memdev: md, root: m.PCI()}
 	defer func() {
 		if err != nil {
@@ -47,7 +60,7 @@ func PlugMemdev(m Machine, slot int, r *netmap.Region) (_ *PluggedMemdev, err er
 		}
 	}
 	if p.Function, err = p.root.Add(slot, md.Spec()); err != nil {
-		return nil, fmt.Errorf("ptmemdev: memdev for region %d: %w", r.ID(), err)
+		return nil, fmt.Errorf("ptmemdev: memdev for region %d: %w", md.MemID(), err)
 	}
 	return p, nil
 }
@@ -93,8 +106,9 @@ type PluggedPtnet struct {
 // cfg.Mem, cfg.Bells and cfg.Vectors are taken from m. The memdev for the port's
 // region is plugged separately (PlugMemdev), once per region.
 func PlugPtnet(m Machine, slot int, cfg Config) (_ *PluggedPtnet, err error) {
-	if cfg.Port == nil {
-		return nil, errors.New("ptmemdev: ptnet without a port")
+	g, err := cfg.geometry()
+	if err != nil {
+		return nil, err
 	}
 	p := &PluggedPtnet{root: m.PCI()}
 	defer func() {
@@ -102,9 +116,9 @@ func PlugPtnet(m Machine, slot int, cfg Config) (_ *PluggedPtnet, err error) {
 			_ = p.Close()
 		}
 	}()
-	n := cfg.Port.NumTxRings() + cfg.Port.NumRxRings()
+	n := g.TxRings + g.RxRings
 	if n < 2 || n > MaxRings {
-		return nil, fmt.Errorf("ptmemdev: ptnet: port %q has %d rings (2..%d)", cfg.Port.Name(), n, MaxRings)
+		return nil, fmt.Errorf("ptmemdev: ptnet: port %q has %d rings (2..%d)", g.Name, n, MaxRings)
 	}
 	if p.vectors, err = notify.NewDirectMSIXVectors(m.KVM(), m.GSIRouting(), n); err != nil {
 		return nil, fmt.Errorf("ptmemdev: ptnet: %w", err)

@@ -36,13 +36,75 @@ type Vectors interface {
 	Event(v int) *notify.EventFD
 }
 
+// LoopStarter starts the port's host loop where the port lives: on PTCTL CREATE the
+// device calls StartLoop, on DELETE, a CSB address write, Reset and Close it stops
+// the Loop. Without Config.Loops the loop runs here, on Config.Port
+// (netmap.InitCSB, then netmap.StartKloop); a port in a switch service starts it
+// there (vmm wires a backends/vale RemotePort).
+type LoopStarter interface {
+	// StartLoop writes the CSB from the port's ring state (SPECS 3.8) and starts
+	// the loop with one kick and one interrupt eventfd per ring (TX rings first).
+	StartLoop(csb CSBPlace, kicks, irqs []*notify.EventFD) (Loop, error)
+}
+
+// CSBPlace is the CSB the guest programmed: the two arrays' guest-physical
+// addresses and their bytes in guest RAM (64 bytes per ring each, checked).
+type CSBPlace struct {
+	AtokGPA, KtoaGPA uint64
+	Atok, Ktoa       []byte
+}
+
+// Loop is a running host loop (a *netmap.Kloop is one).
+type Loop interface {
+	Stop() error
+	Stats() []netmap.KloopStats // nil when the loop runs elsewhere
+}
+
+// Geometry is what the device tells the guest about a port that is not in this
+// process (Config.Port nil): ring and slot counts, the netmap_if offset in the
+// memdev's region and that region's mem id.
+type Geometry struct {
+	Name             string
+	TxRings, RxRings int
+	TxSlots, RxSlots uint32
+	Nifp             uint64
+	MemID            uint16
+}
+
+// localLoops is the default LoopStarter: the loop on an in-process port.
+type localLoops struct{ cfg *Config }
+
+func (l localLoops) StartLoop(c CSBPlace, kicks, irqs []*notify.EventFD) (Loop, error) {
+	csb, err := netmap.NewCSB(c.Atok, c.Ktoa, len(kicks))
+	if err != nil {
+		return nil, fmt.Errorf("CSB: %w", err)
+	}
+	if err := netmap.InitCSB(l.cfg.Port, csb); err != nil {
+		return nil, fmt.Errorf("initialise CSB: %w", err)
+	}
+	loop, err := netmap.StartKloop(netmap.KloopConfig{
+		Name: l.cfg.Name, Port: l.cfg.Port, CSB: csb, Kicks: kicks, Irqs: irqs,
+		Mode: l.cfg.Mode, Spin: l.cfg.Spin, Logf: l.cfg.Logf,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("start host loop: %w", err)
+	}
+	return loop, nil
+}
+
 // Config describes a ptnet device.
 type Config struct {
 	// Name names the device in logs and its host loop (default "ptnet").
 	Name string
 	// Port is the netmap port passed through: its HW TX rings then HW RX rings are the
 	// device's rings 0..n-1 (1..MaxRings in all). The device does not close it.
+	// Nil for a port in another process: then Geometry and Loops describe it.
 	Port *netmap.Port
+	// Geometry (when Port is nil) is the port's geometry.
+	Geometry *Geometry
+	// Loops starts the host loop (nil: in this process, on Port; required without
+	// Port).
+	Loops LoopStarter
 	MAC  [6]byte
 	// VnetHdr says the port's peers expect a 12-byte virtio-net header before each
 	// frame: PTFEAT then offers FeatureVnetHdr and VNET_HDR_LEN accepts 12.
@@ -123,7 +185,7 @@ type Ptnet struct {
 	ptctl  uint32
 	hdrLen uint32
 	gh, hg csbArray
-	loop   *netmap.Kloop
+	loop   Loop
 	closed bool
 
 	creates, stops, refused, idleDeletes, csbRefused atomic.Uint64
@@ -133,10 +195,10 @@ type Ptnet struct {
 
 // NewPtnet checks cfg and makes the device; add Spec to the bus, then Attach.
 func NewPtnet(cfg Config) (*Ptnet, error) {
-	p := cfg.Port
+	g, err := cfg.geometry()
 	switch {
-	case p == nil:
-		return nil, errors.New("ptmemdev: ptnet without a port")
+	case err != nil:
+		return nil, err
 	case cfg.Mem == nil:
 		return nil, errors.New("ptmemdev: ptnet without guest memory")
 	case cfg.Vectors == nil:
@@ -145,17 +207,20 @@ func NewPtnet(cfg Config) (*Ptnet, error) {
 	if cfg.Name == "" {
 		cfg.Name = "ptnet"
 	}
-	d := &Ptnet{cfg: cfg, ntx: p.NumTxRings(), nrx: p.NumRxRings()}
+	d := &Ptnet{cfg: cfg, ntx: g.TxRings, nrx: g.RxRings}
+	if d.cfg.Loops == nil {
+		d.cfg.Loops = localLoops{&d.cfg}
+	}
 	// The guest driver dereferences ring 0 of each direction: never offer zero rings.
 	if d.ntx < 1 || d.nrx < 1 || d.ntx+d.nrx > MaxRings {
-		return nil, fmt.Errorf("ptmemdev: %s: port %q has %d TX and %d RX rings (1 each at least, %d in all at most)", cfg.Name, p.Name(), d.ntx, d.nrx, MaxRings)
+		return nil, fmt.Errorf("ptmemdev: %s: port %q has %d TX and %d RX rings (1 each at least, %d in all at most)", cfg.Name, g.Name, d.ntx, d.nrx, MaxRings)
 	}
-	if p.NifpOffset() > 0xffff_ffff {
-		return nil, fmt.Errorf("ptmemdev: %s: netmap_if offset %#x beyond the 32-bit NIFP_OFS", cfg.Name, p.NifpOffset())
+	if g.Nifp > 0xffff_ffff {
+		return nil, fmt.Errorf("ptmemdev: %s: netmap_if offset %#x beyond the 32-bit NIFP_OFS", cfg.Name, g.Nifp)
 	}
-	d.nifp = uint32(p.NifpOffset())
-	d.txSlots, d.rxSlots = p.TxRing(0).NumSlots(), p.RxRing(0).NumSlots()
-	d.memID = p.Region().ID()
+	d.nifp = uint32(g.Nifp)
+	d.txSlots, d.rxSlots = g.TxSlots, g.RxSlots
+	d.memID = g.MemID
 	if cfg.VnetHdr {
 		d.hostFeat = FeatureVnetHdr
 	}
@@ -172,6 +237,20 @@ func NewPtnet(cfg Config) (*Ptnet, error) {
 		d.kicks = d.own
 	}
 	return d, nil
+}
+
+// geometry is the port's geometry, from Port or from Geometry.
+func (c *Config) geometry() (Geometry, error) {
+	p := c.Port
+	switch {
+	case p != nil:
+		return Geometry{Name: p.Name(), TxRings: p.NumTxRings(), RxRings: p.NumRxRings(),
+			TxSlots: p.TxRing(0).NumSlots(), RxSlots: p.RxRing(0).NumSlots(),
+			Nifp: p.NifpOffset(), MemID: p.Region().ID()}, nil
+	case c.Geometry == nil || c.Loops == nil:
+		return Geometry{}, errors.New("ptmemdev: ptnet without a port (or a Geometry and Loops for one elsewhere)")
+	}
+	return *c.Geometry, nil
 }
 
 // NumRings is the number of rings, TX then RX: one KICK, one CSB entry pair and one
@@ -470,21 +549,9 @@ func (d *Ptnet) createLocked() uint32 {
 			return errNoDev
 		}
 	}
-	csb, err := netmap.NewCSB(d.gh.mem, d.hg.mem, d.NumRings())
+	loop, err := d.cfg.Loops.StartLoop(CSBPlace{AtokGPA: d.gh.addr(), KtoaGPA: d.hg.addr(), Atok: d.gh.mem, Ktoa: d.hg.mem}, kicks, irqs)
 	if err != nil {
-		d.logf("ptmemdev: %s: CSB: %v", d.cfg.Name, err)
-		return errInval
-	}
-	if err := netmap.InitCSB(d.cfg.Port, csb); err != nil {
-		d.logf("ptmemdev: %s: initialise CSB: %v", d.cfg.Name, err)
-		return errIO
-	}
-	loop, err := netmap.StartKloop(netmap.KloopConfig{
-		Name: d.cfg.Name, Port: d.cfg.Port, CSB: csb, Kicks: kicks, Irqs: irqs,
-		Mode: d.cfg.Mode, Spin: d.cfg.Spin, Logf: d.cfg.Logf,
-	})
-	if err != nil {
-		d.logf("ptmemdev: %s: start host loop: %v", d.cfg.Name, err)
+		d.logf("ptmemdev: %s: %v", d.cfg.Name, err)
 		return errIO
 	}
 	d.loop = loop
