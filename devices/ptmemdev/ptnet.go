@@ -105,7 +105,7 @@ type Config struct {
 	// Loops starts the host loop (nil: in this process, on Port; required without
 	// Port).
 	Loops LoopStarter
-	MAC  [6]byte
+	MAC   [6]byte
 	// VnetHdr says the port's peers expect a 12-byte virtio-net header before each
 	// frame: PTFEAT then offers FeatureVnetHdr and VNET_HDR_LEN accepts 12.
 	VnetHdr bool
