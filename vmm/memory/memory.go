@@ -46,7 +46,9 @@ type Region struct {
 // Options select how RAM is backed.
 type Options struct {
 	// MemFD backs each region with a memfd (sharable with another process or mappable
-	// twice) instead of anonymous memory.
+	// twice) instead of anonymous memory. The memfd is sealed against shrinking and
+	// growing, so a process it is shared with (a switch service mapping a ptnet's
+	// CSB) can rely on its size.
 	MemFD bool
 	// NoHugePages skips MADV_HUGEPAGE.
 	NoHugePages bool
@@ -93,13 +95,17 @@ func mapRegion(r Range, opt Options) (Region, error) {
 	flags := unix.MAP_SHARED | unix.MAP_NORESERVE
 	if opt.MemFD {
 		var err error
-		fd, err = unix.MemfdCreate("ptvmm-ram", unix.MFD_CLOEXEC)
+		fd, err = unix.MemfdCreate("ptvmm-ram", unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
 		if err != nil {
 			return Region{}, fmt.Errorf("memory: memfd_create: %w", err)
 		}
 		if err := unix.Ftruncate(fd, int64(r.Size)); err != nil {
 			unix.Close(fd)
 			return Region{}, fmt.Errorf("memory: size memfd to %d bytes: %w", r.Size, err)
+		}
+		if _, err := unix.FcntlInt(uintptr(fd), unix.F_ADD_SEALS, unix.F_SEAL_SHRINK|unix.F_SEAL_GROW); err != nil {
+			unix.Close(fd)
+			return Region{}, fmt.Errorf("memory: seal memfd: %w", err)
 		}
 	} else {
 		flags = unix.MAP_PRIVATE | unix.MAP_ANONYMOUS | unix.MAP_NORESERVE
