@@ -74,6 +74,7 @@ func TestRunTiny(t *testing.T) {
 				r := find(rep, p, w, s)
 				require.NotNil(t, r, "%s %s %d", p, w, s)
 				assert.Equal(t, rep.Date, r.Date)
+				assert.Equal(t, 1, r.Runs)
 				assert.Positive(t, r.Received, "%s %s %d", p, w, s)
 				assert.Positive(t, r.Mpps, "%s %s %d", p, w, s)
 				assert.Positive(t, r.Seconds, "%s %s %d", p, w, s)
@@ -224,4 +225,18 @@ func TestTapMissing(t *testing.T) {
 	require.NoError(t, rep.WriteTable(&b))
 	assert.Contains(t, b.String(), "note: virtio-tap: skipped: TAP ptvbnothere does not exist")
 	assert.True(t, strings.HasSuffix(b.String(), "ratio: none (needs virtio-tap and a ptnet path measured in this run)\n"))
+}
+
+// TestRepeat: each configuration runs Repeat times and one record (the fastest) is
+// kept, saying how many runs there were.
+func TestRepeat(t *testing.T) {
+	var progress bytes.Buffer
+	rep, err := Run(context.Background(), Config{Paths: []Path{PathPtnetPipe}, Workloads: []Workload{WorkloadTX}, Sizes: []int{60},
+		Count: 500, Repeat: 3, Progress: &progress})
+	require.NoError(t, err)
+	require.Len(t, rep.Records, 1)
+	assert.Equal(t, 3, rep.Records[0].Runs)
+	assert.Equal(t, uint64(500), rep.Records[0].Frames)
+	_, err = Run(context.Background(), Config{Repeat: -1})
+	assert.Error(t, err)
 }

@@ -16,7 +16,7 @@ import (
 )
 
 const benchUsage = `usage: vmrun bench [-tier process|micro|linux] [-paths P,...] [-sizes 60,1514]
-                   [-workloads tx,rx,pingpong] [-duration D | -count N] [-tap NAME]
+                   [-workloads tx,rx,pingpong] [-duration D | -count N] [-repeat N] [-tap NAME]
                    [-json FILE] [-plot FILE.png]
 
 Runs the same workloads over each network path and prints one table (progress on
@@ -42,6 +42,7 @@ func benchMain(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	workloads := fs.String("workloads", "tx,rx,pingpong", "comma-separated workloads")
 	duration := fs.Duration("duration", bench.DefaultDuration, "length of each run")
 	count := fs.Uint64("count", 0, "frames per run instead of a duration (ping-pong: round trips, at most 100000)")
+	repeat := fs.Int("repeat", 1, "runs of each path, workload and size; the fastest is kept")
 	tapName := fs.String("tap", "", "existing TAP for virtio-tap (default: create a temporary one; needs root)")
 	jsonOut := fs.String("json", "", "also write the results as JSON to FILE")
 	plotOut := fs.String("plot", "", "also draw Mpps per path and size as a PNG to FILE")
@@ -56,7 +57,7 @@ func benchMain(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		fs.Usage()
 		return 2
 	}
-	cfg := bench.Config{Tier: bench.Tier(*tier), Duration: *duration, Count: *count, Tap: *tapName, Progress: stderr}
+	cfg := bench.Config{Tier: bench.Tier(*tier), Duration: *duration, Count: *count, Repeat: *repeat, Tap: *tapName, Progress: stderr}
 	for _, p := range splitList(*paths) {
 		cfg.Paths = append(cfg.Paths, bench.Path(p))
 	}
