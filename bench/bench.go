@@ -61,7 +61,7 @@ const (
 )
 
 // DefaultDuration is how long each run lasts when neither Duration nor Count is set.
-const DefaultDuration = 2 * time.Second
+const DefaultDuration = time.Second
 
 // driverBatch is the most frames the driver hands over per sync (netmap pkt-gen's
 // default burst), for every path alike.
@@ -458,7 +458,11 @@ func (r *runner) drive(ctx context.Context, e *env, w Workload, size int) outcom
 		c.Mode, c.Tx = pktgen.ModeTx, &txDrain{r: e.tx, s: sk}
 	case WorkloadRX:
 		src = newSource(e.peer, size, driverMAC, peerMAC, r.cfg.Count)
-		feed = &rxFeed{r: e.rx, src: src, window: uint64(e.rx.Ring().NumSlots() / 2), lastHead: e.rx.Ring().Head()}
+		// In flight at most what the ring holds besides a batch the driver consumed
+		// and the host has not taken back yet (it learns of releases from the CSB,
+		// later than the driver's head moves).
+		slots := int(e.rx.Ring().NumSlots())
+		feed = &rxFeed{r: e.rx, src: src, window: uint64(max(1, slots-1-min(driverBatch, slots/2))), lastHead: e.rx.Ring().Head()}
 		c.Mode, c.Rx, c.Idle = pktgen.ModeRx, feed, 300*time.Millisecond
 	case WorkloadPingPong:
 		c.Mode, c.Tx, c.Rx = pktgen.ModePing, e.tx, e.rx

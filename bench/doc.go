@@ -40,9 +40,12 @@
 // draws Mpps per path and size as a PNG.
 //
 // Flow control: a switch drops what a full port cannot take, and so does a TAP, so
-// the rx generator keeps at most half a ring of frames in flight (sent, not yet
-// consumed by the driver) and the tx receiver drains after every driver sync: a run
-// measures the path's rate, not its losses. Drops are still counted and shown.
+// the rx generator keeps at most a ring less one driver batch in flight (sent, not
+// yet consumed by the driver) and the tx receiver drains after every driver sync: a
+// run measures the path's rate, not its losses. Drops are still counted and shown.
+// The driver hands over up to 512 frames per sync (netmap pkt-gen's burst) on
+// every path. Each configuration runs Config.Repeat times (vmrun bench: 2) and the
+// fastest run is kept: other load on a shared machine only slows runs down.
 //
 // Concurrency: Run runs one benchmark at a time from the calling goroutine (it
 // starts and ends its own goroutines); a Report is plain data.

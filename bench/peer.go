@@ -242,9 +242,12 @@ func (r *rxFeed) feed() {
 	}
 }
 
+// Sync releases what the driver consumed first, then sends: sending first would
+// find those slots still taken, and a switch drops what a full ring cannot take.
 func (r *rxFeed) Sync(f netmap.SyncFlags) error {
+	err := r.r.Sync(f)
 	r.feed()
-	return r.r.Sync(f)
+	return err
 }
 
 func (r *rxFeed) Wait(d time.Duration) (bool, error) {

@@ -42,7 +42,7 @@ func benchMain(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	workloads := fs.String("workloads", "tx,rx,pingpong", "comma-separated workloads")
 	duration := fs.Duration("duration", bench.DefaultDuration, "length of each run")
 	count := fs.Uint64("count", 0, "frames per run instead of a duration (ping-pong: round trips, at most 100000)")
-	repeat := fs.Int("repeat", 1, "runs of each path, workload and size; the fastest is kept")
+	repeat := fs.Int("repeat", 2, "runs of each path, workload and size; the fastest is kept")
 	tapName := fs.String("tap", "", "existing TAP for virtio-tap (default: create a temporary one; needs root)")
 	jsonOut := fs.String("json", "", "also write the results as JSON to FILE")
 	plotOut := fs.String("plot", "", "also draw Mpps per path and size as a PNG to FILE")
