@@ -167,6 +167,13 @@ func (v *VM) AddNIC(index int, n NIC) (_ *NICDevice, err error) {
 	if nd.Net, err = virtionet.New(ncfg); err != nil {
 		return nil, fmt.Errorf("vmm: NIC %d: %w", index, err)
 	}
+	if len(ncfg.Ports) == 1 {
+		if d, ok := ncfg.Ports[0].(interface{ OnDown(func()) }); ok {
+			// A port in a switch service: its link goes down with the service.
+			dev := nd.Net
+			d.OnDown(func() { dev.SetLink(false) })
+		}
+	}
 	slot := n.Slot
 	if slot == 0 {
 		if slot, err = v.pci.FreeSlot(); err != nil {
@@ -266,6 +273,9 @@ func checkPortNameIfSet(name string) (netmap.Name, error) {
 // addPtnetNIC opens the NIC's netmap port and adds the ptnet device (and the
 // memdev for the port's region) for it; the device releases the port when it closes.
 func (v *VM) addPtnetNIC(index int, n NIC, nd *NICDevice) error {
+	if c := v.Network().Service(); c != nil {
+		return v.addServicePtnetNIC(index, n, nd, c)
+	}
 	np, release, err := v.Network().OpenPort(n.Port, netmap.PortConfig{})
 	if err != nil {
 		return fmt.Errorf("vmm: NIC %d: %w", index, err)

@@ -21,6 +21,7 @@ import (
 type Network struct {
 	reg   *vale.Registry
 	pipes netmap.PipeTable
+	svc   *vale.Client // set: the switches live in a switch service
 
 	mu   sync.Mutex
 	taps []*switchTap
@@ -41,6 +42,18 @@ func NewNetwork() *Network { return &Network{reg: vale.NewRegistry()} }
 // TAPs to it closes it when done with them.
 var DefaultNetwork = &Network{reg: vale.Default}
 
+// NewServiceNetwork is a Network whose switches, pipes and TAPs live in the switch
+// service c is connected to (`vmrun switch`), shared with every process attached
+// there: a ptnet NIC attaches its port in the service, maps the region it returns
+// as the memdev BAR and has the service run its host loop; a virtio-net NIC is a
+// driver-side user of a service port (vale.DriverEndpoint). Guest RAM must be
+// memfd-backed (Config.Memory.MemFD) for ptnet: the service maps the CSB pages
+// from it. The caller closes c after the VMs using the network.
+func NewServiceNetwork(c *vale.Client) *Network { return &Network{reg: vale.NewRegistry(), svc: c} }
+
+// Service is the switch service client of a service network, or nil.
+func (n *Network) Service() *vale.Client { return n.svc }
+
 // Switches is the network's switch registry (listing, capture, custom lookups).
 func (n *Network) Switches() *vale.Registry { return n.reg }
 
@@ -52,6 +65,10 @@ func (n *Network) Switches() *vale.Registry { return n.reg }
 func (n *Network) AttachTap(sw, tapName string) error {
 	if err := vale.CheckSwitchName(sw); err != nil {
 		return fmt.Errorf("vmm: attach TAP %s: %w", tapName, err)
+	}
+	if n.svc != nil {
+		// The service owns the TAP port (and keeps it: vmrun vale detach).
+		return n.svc.AttachTap(sw, tapName)
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
@@ -107,6 +124,9 @@ func (n *Network) OpenPort(name string, cfg netmap.PortConfig) (np *netmap.Port,
 	if err != nil {
 		return nil, nil, err
 	}
+	if n.svc != nil {
+		return nil, nil, fmt.Errorf("port %s: the network's switches are in a switch service; open it there (vale.Client.OpenHostPort)", name)
+	}
 	if nm.Kind == netmap.KindVALE {
 		p, err := n.reg.NewPort(name, cfg)
 		if err != nil {
@@ -128,6 +148,9 @@ func (n *Network) OpenEndpoint(name string) (backends.Port, error) {
 	nm, err := checkPortName(name)
 	if err != nil {
 		return nil, err
+	}
+	if n.svc != nil {
+		return n.svc.OpenEndpoint(name)
 	}
 	if nm.Kind == netmap.KindVALE {
 		return n.reg.OpenEndpoint(name, netmap.PortConfig{})

@@ -32,7 +32,18 @@ type DriverEndpoint struct {
 	irq      *notify.EventFD
 	bufSize  int
 
+	closed                       atomic.Bool
 	truncated, dropped, badSlots atomic.Uint64
+}
+
+// OnDown registers fn to run once if the switch service goes away while the
+// endpoint is open (a virtio-net device then reports its link down).
+func (e *DriverEndpoint) OnDown(fn func()) {
+	e.h.Port.c.OnDown(func(error) {
+		if !e.closed.Load() {
+			fn()
+		}
+	})
 }
 
 // OpenEndpoint attaches port name in the service and returns it as a backends.Port
@@ -71,7 +82,10 @@ func (e *DriverEndpoint) Stats() (truncated, dropped, badSlots uint64) {
 }
 
 // Close detaches the port.
-func (e *DriverEndpoint) Close() error { return e.h.Close() }
+func (e *DriverEndpoint) Close() error {
+	e.closed.Store(true)
+	return e.h.Close()
+}
 
 // Send writes frames into free TX slots and syncs once. A frame too long for a
 // chain of netmap.MaxFrags buffers is taken and dropped (counted).

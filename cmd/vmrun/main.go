@@ -4,11 +4,17 @@
 //	      [-net virtio,tap=NAME|port=PORT[,mac=MAC][,queues=N][,mtu=N][,host-ip=ADDR/LEN]]
 //	      [-net ptnet,port=PORT]
 //	      [-s SLOT,virtio-net,TAP|PORT] [-s SLOT,ptnet,PORT] [-switch-tap valeX:TAP]
+//	      [-switch PATH]
+//	vmrun switch [-socket PATH]
+//	vmrun vale [-switch PATH] list|attach SWITCH TAP|detach SWITCH TAP|capture PORT FILE
 //
 // A PORT is a netmap port inside vmrun: "valeX:Y" (port Y on switch valeX, which is
 // created on first use) or "name{N" / "name}N" (the two ends of pipe N). A ptnet NIC
 // is netmap passthrough: the guest maps the port's rings and buffers (a ptnetmap
 // memdev is added for the port's memory). -switch-tap joins a host TAP to a switch.
+// With -switch PATH the ports are in the switch service at PATH (`vmrun switch`),
+// shared with other vmrun processes and host programs; `vmrun vale` lists and
+// manages it.
 //
 // Without -kernel it boots the kernel `make kernel` provisioned; without -initrd, an
 // initramfs holding the ptvmm guest agent as /init: vmrun itself when it is statically
@@ -32,6 +38,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/ptvmm/ptvmm/backends/vale"
 	"github.com/ptvmm/ptvmm/guest/agent"
 	"github.com/ptvmm/ptvmm/internal/kcache"
 	"github.com/ptvmm/ptvmm/vmm"
@@ -81,6 +88,7 @@ func run(start time.Time, args []string) int {
 	fs.Var(netFlag{&nics}, "net", "add a NIC: "+netUsage+"; "+portForms+" (repeatable)")
 	fs.Var(slotFlag{&nics}, "s", "add a NIC bhyve-style: "+slotUsage+" (repeatable)")
 	fs.Var(switchTapFlag{&switchTaps}, "switch-tap", "join host TAP to a switch: valeX:TAPNAME (repeatable)")
+	switchSock := fs.String("switch", "", "put the NICs' ports (PORT) in the switch service listening at PATH (see vmrun switch; \"default\": "+vale.DefaultSocketPath()+"); without it they are in this process")
 	// A mistake gets one line; -h gets the usage.
 	fs.SetOutput(io.Discard)
 	if err := fs.Parse(args); err != nil {
@@ -100,6 +108,10 @@ func run(start time.Time, args []string) int {
 		fmt.Fprintf(os.Stderr, "vmrun: unexpected argument %q; see vmrun -h\n", fs.Arg(0))
 		return 2
 	}
+	if *switchSock != "" && len(switchTaps) > 0 {
+		fmt.Fprintln(os.Stderr, "vmrun: -switch-tap joins a TAP to a switch in this process; with -switch use `vmrun vale attach valeX TAP`")
+		return 2
+	}
 	mem, err := parseSize(*memFlag)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "vmrun: -m: %v\n", err)
@@ -116,6 +128,27 @@ func run(start time.Time, args []string) int {
 		return hostError(err)
 	}
 	cfg := vmm.Config{Cmdline: *appendArgs, MemSize: mem, CPUs: *cpus, Force: *force, Log: log, Start: start}
+	if *switchSock != "" {
+		// Only when asked: a vmrun that joined whatever service happens to
+		// listen at the default path would put its VM on switches other
+		// processes share, and hand them its CSB pages, depending on what else
+		// runs on the host.
+		path := *switchSock
+		if path == "default" {
+			path = vale.DefaultSocketPath()
+		}
+		sw, err := vale.Dial(path)
+		if err != nil {
+			return hostError(err)
+		}
+		defer sw.Close() // after vm.Close (deferred later): the NICs detach their ports first
+		sw.OnDown(func(err error) {
+			// Logged once: every NIC on the service is down from here on.
+			fmt.Fprintf(os.Stderr, "\r\nvmrun: %v; the NICs on it are down\n", err)
+		})
+		cfg.Network = vmm.NewServiceNetwork(sw)
+		cfg.Memory.MemFD = true // the service maps ptnet CSBs from guest RAM
+	}
 	if cfg.Kernel, err = kernelPath(*kernel); err != nil {
 		fmt.Fprintf(os.Stderr, "vmrun: %v\n", err)
 		return 1

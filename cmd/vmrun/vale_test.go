@@ -269,3 +269,13 @@ func TestSwitchSIGTERM(t *testing.T) {
 	}
 	t.Logf("service output:\n%s", out.String())
 }
+
+func TestSwitchFlagConflicts(t *testing.T) {
+	if got := run(time.Now(), []string{"-switch", "default", "-switch-tap", "vale0:tap0"}); got != 2 {
+		t.Errorf("-switch with -switch-tap: status %d, want 2", got)
+	}
+	var errb lockedBuffer
+	if got := switchMain(context.Background(), []string{"stray"}, &errb, &errb); got != 2 {
+		t.Errorf("vmrun switch stray: status %d, want 2", got)
+	}
+}
