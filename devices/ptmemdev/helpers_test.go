@@ -282,14 +282,50 @@ func (r *rig) ptctl(cmd uint32) uint32 {
 	return r.rd(RegPtctl)
 }
 
-// ram32 reads a CSB field the way the guest would.
+// ram32 reads a CSB field the way the guest would: with an atomic load, since the
+// host loop may be storing it (the race detector sees a plain read as a race).
 func (r *rig) ram32(gpa uint64) uint32 {
+	entry, off := gpa&^(netmap.CSBEntrySize-1), gpa&(netmap.CSBEntrySize-1)
+	b, err := r.mem.Slice(entry, netmap.CSBEntrySize)
+	require.NoError(r.t, err)
+	// A one-ring view of this entry; the atok accessors read u32 fields 0..12.
+	c, err := netmap.NewCSB(b, b, 1)
+	require.NoError(r.t, err)
+	switch off {
+	case netmap.CSBHeadOff:
+		return c.Head(0)
+	case netmap.CSBCurOff:
+		return c.Cur(0)
+	case netmap.CSBApplNeedKickOff:
+		return c.ApplNeedKick(0)
+	case netmap.CSBSyncFlagsOff:
+		return uint32(c.SyncFlags(0))
+	}
 	v, err := r.mem.Read32(gpa)
 	require.NoError(r.t, err)
 	return v
 }
 
-func (r *rig) setRAM32(gpa uint64, v uint32) { require.NoError(r.t, r.mem.Write32(gpa, v)) }
+// setRAM32 writes a CSB field the way the guest would: with an atomic store.
+func (r *rig) setRAM32(gpa uint64, v uint32) {
+	entry, off := gpa&^(netmap.CSBEntrySize-1), gpa&(netmap.CSBEntrySize-1)
+	b, err := r.mem.Slice(entry, netmap.CSBEntrySize)
+	require.NoError(r.t, err)
+	c, err := netmap.NewCSB(b, b, 1)
+	require.NoError(r.t, err)
+	switch off {
+	case netmap.CSBHeadOff:
+		c.SetHead(0, v)
+	case netmap.CSBCurOff:
+		c.SetCur(0, v)
+	case netmap.CSBApplNeedKickOff:
+		c.SetApplNeedKick(0, v)
+	case netmap.CSBSyncFlagsOff:
+		c.SetSyncFlags(0, netmap.SyncFlags(v))
+	default:
+		require.NoError(r.t, r.mem.Write32(gpa, v))
+	}
+}
 
 // goroutinesBack waits (bounded) until the goroutine count is at most want.
 func goroutinesBack(t testing.TB, want int) {
