@@ -10,10 +10,10 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/ptvmm/ptvmm/guest/micro"
+	"github.com/ptvmm/ptvmm/internal/kvmtest"
 	"github.com/ptvmm/ptvmm/notify"
 	"github.com/ptvmm/ptvmm/vmm/boot"
 	"github.com/ptvmm/ptvmm/vmm/kvm"
-	"github.com/ptvmm/ptvmm/vmm/kvmtest"
 	"github.com/ptvmm/ptvmm/vmm/pci"
 )
 

@@ -6,9 +6,9 @@ import (
 	"time"
 
 	"github.com/ptvmm/ptvmm/guest/micro"
+	"github.com/ptvmm/ptvmm/internal/kvmtest"
 	"github.com/ptvmm/ptvmm/notify"
 	"github.com/ptvmm/ptvmm/vmm/boot"
-	"github.com/ptvmm/ptvmm/vmm/kvmtest"
 	"github.com/stretchr/testify/require"
 )
 

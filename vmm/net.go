@@ -84,12 +84,11 @@ type NICDevice struct {
 	Tap       *tap.Tap
 	Function  *pci.Function
 
-	root     *pci.Root
-	msix     *notify.MSIXVectors
-	intx     *notify.Interrupt
-	resample *notify.Worker
-	release  func() error // gives back a Network port
-	once     sync.Once
+	root    *pci.Root
+	msix    *notify.MSIXVectors
+	intx    *notify.Intx
+	release func() error // gives back a Network port
+	once    sync.Once
 }
 
 // routingTables holds the VM-wide GSI routing table per VM (KVM keeps one table per
@@ -186,7 +185,7 @@ func (v *VM) AddNIC(index int, n NIC) (_ *NICDevice, err error) {
 	if nd.msix, err = notify.NewMSIXVectors(v.kvm, v.GSIRouting(), 1+nd.Net.NumQueues()); err != nil {
 		return nil, fmt.Errorf("vmm: NIC %d: %w", index, err)
 	}
-	if nd.intx, err = notify.NewInterrupt(v.kvm, pci.IntxGSI(slot), true); err != nil {
+	if nd.intx, err = notify.NewIntx(v.kvm, pci.IntxGSI(slot), fmt.Sprintf("nic%d-intx", index)); err != nil {
 		return nil, fmt.Errorf("vmm: NIC %d: %w", index, err)
 	}
 	bells := func(s notify.DoorbellSpec) (virtio.Bell, error) { return notify.NewDoorbell(v.kvm, s) }
@@ -203,19 +202,12 @@ func (v *VM) AddNIC(index int, n NIC) (_ *NICDevice, err error) {
 	if err = nd.Transport.Attach(nd.Function); err != nil {
 		return nil, fmt.Errorf("vmm: NIC %d: %w", index, err)
 	}
-	// INTx is level-triggered: at the guest's EOI KVM signals the resample eventfd
-	// and the function re-asserts the line if the device still holds it.
+	// INTx is level-triggered: at the guest's EOI KVM de-asserts the line and the
+	// function re-asserts it if the device still holds it.
 	fn := nd.Function
-	if nd.resample, err = notify.NewWorker(notify.Config{
-		Name:    fmt.Sprintf("nic%d-intx", index),
-		Handler: func(int, uint64) { _ = fn.Resample() },
-	}); err != nil {
+	if err = nd.intx.OnEOI(func(uint64) { _ = fn.Resample() }); err != nil {
 		return nil, fmt.Errorf("vmm: NIC %d: %w", index, err)
 	}
-	if _, err = nd.resample.Add(nd.intx.Resample()); err != nil {
-		return nil, fmt.Errorf("vmm: NIC %d: %w", index, err)
-	}
-	nd.resample.Start()
 	// Closed with the VM at the latest, while its fd can still deassign our
 	// doorbells and interrupts (Close is idempotent, so an earlier Close is fine).
 	v.OnClose(nd.Close)
@@ -300,9 +292,6 @@ func (nd *NICDevice) Close() error {
 		}
 		if nd.Net != nil {
 			nd.Net.Reset()
-		}
-		if nd.resample != nil {
-			err = errors.Join(err, nd.resample.Stop())
 		}
 		if nd.Transport != nil {
 			err = errors.Join(err, nd.Transport.Close())

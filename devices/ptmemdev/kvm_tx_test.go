@@ -15,8 +15,8 @@ import (
 	"github.com/ptvmm/ptvmm/backends/netmap"
 	"github.com/ptvmm/ptvmm/backends/vale"
 	"github.com/ptvmm/ptvmm/guest/micro"
+	"github.com/ptvmm/ptvmm/internal/kvmtest"
 	"github.com/ptvmm/ptvmm/vmm/boot"
-	"github.com/ptvmm/ptvmm/vmm/kvmtest"
 )
 
 // The guest-TX rig: a CPL3 micro guest (micro.PtnetTX) is the TX side of netmap's ptnet

@@ -22,10 +22,9 @@ type Plugged struct {
 	*Device
 	Function *pci.Function
 
-	root     *pci.Root
-	intx     *notify.Interrupt
-	msix     *notify.MSIXVectors
-	resample *notify.Worker
+	root *pci.Root
+	intx *notify.Intx
+	msix *notify.MSIXVectors
 }
 
 // Add creates a device and plugs it into slot (0: the first free one) of m's PCI
@@ -52,21 +51,8 @@ func Add(m Machine, slot int, cfg Config) (_ *Plugged, err error) {
 		if p.msix, err = notify.NewMSIXVectors(m.KVM(), m.GSIRouting(), cfg.Vectors); err != nil {
 			return nil, fmt.Errorf("testdev: %w", err)
 		}
-	} else {
-		if p.intx, err = notify.NewInterrupt(m.KVM(), pci.IntxGSI(slot), true); err != nil {
-			return nil, fmt.Errorf("testdev: %w", err)
-		}
-		// At the guest's EOI KVM de-asserts the line and signals the resample eventfd;
-		// the device then re-asserts it if its level is still up.
-		if p.resample, err = notify.NewWorker(notify.Config{
-			Name:    fmt.Sprintf("testdev%02x-intx", slot),
-			Handler: func(_ int, kicks uint64) { d.resampled(kicks) },
-		}); err != nil {
-			return nil, fmt.Errorf("testdev: %w", err)
-		}
-		if _, err = p.resample.Add(p.intx.Resample()); err != nil {
-			return nil, fmt.Errorf("testdev: %w", err)
-		}
+	} else if p.intx, err = notify.NewIntx(m.KVM(), pci.IntxGSI(slot), fmt.Sprintf("testdev%02x-intx", slot)); err != nil {
+		return nil, fmt.Errorf("testdev: %w", err)
 	}
 	var line pci.IntxLine
 	if p.intx != nil {
@@ -80,8 +66,10 @@ func Add(m Machine, slot int, cfg Config) (_ *Plugged, err error) {
 		return nil, fmt.Errorf("testdev: %w", err)
 	}
 	d.Attach(p.Function)
-	if p.resample != nil {
-		p.resample.Start()
+	if p.intx != nil {
+		if err = p.intx.OnEOI(d.resampled); err != nil {
+			return nil, fmt.Errorf("testdev: %w", err)
+		}
 	}
 	return p, nil
 }
@@ -93,10 +81,6 @@ func (p *Plugged) Close() error {
 	if p.Function != nil {
 		p.root.Remove(p.Function.Slot())
 		p.Function = nil
-	}
-	if p.resample != nil {
-		err = errors.Join(err, p.resample.Stop())
-		p.resample = nil
 	}
 	if p.intx != nil {
 		err = errors.Join(err, p.intx.Close())

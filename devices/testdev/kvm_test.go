@@ -9,9 +9,9 @@ import (
 
 	"github.com/ptvmm/ptvmm/devices/testdev"
 	"github.com/ptvmm/ptvmm/guest/micro"
+	"github.com/ptvmm/ptvmm/internal/kvmtest"
 	"github.com/ptvmm/ptvmm/vmm/boot"
 	"github.com/ptvmm/ptvmm/vmm/kvm"
-	"github.com/ptvmm/ptvmm/vmm/kvmtest"
 	"github.com/ptvmm/ptvmm/vmm/memory"
 	"github.com/ptvmm/ptvmm/vmm/pci"
 )

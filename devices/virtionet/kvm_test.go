@@ -22,9 +22,9 @@ import (
 	"github.com/ptvmm/ptvmm/backends/tap"
 	"github.com/ptvmm/ptvmm/devices/virtio"
 	"github.com/ptvmm/ptvmm/guest/micro"
+	"github.com/ptvmm/ptvmm/internal/kvmtest"
 	"github.com/ptvmm/ptvmm/notify"
 	"github.com/ptvmm/ptvmm/vmm/boot"
-	"github.com/ptvmm/ptvmm/vmm/kvmtest"
 	"github.com/ptvmm/ptvmm/vmm/memory"
 	"github.com/ptvmm/ptvmm/vmm/pci"
 )
