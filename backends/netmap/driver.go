@@ -331,20 +331,28 @@ func (r *DriverRing) Wait(timeout time.Duration) (bool, error) {
 	}
 }
 
-// pollKtoa spins (yielding the processor) until hwtail moves (true) or the deadline
-// (zero: none) passes: Config.Spin, or a guest with no interrupts (no Config.Wait).
+// pollKtoa spins until hwtail moves (true) or the deadline (zero: none) passes:
+// Config.Spin, or a guest with no interrupts (no Config.Wait). It yields the
+// processor and reads the clock only every pollYield loads: a Gosched takes the
+// scheduler's global lock, and the host publishes within a few loads when it runs.
 func (r *DriverRing) pollKtoa(deadline time.Time) bool {
 	start := r.hwtail
-	for n := 0; ; n++ {
+	for n := 1; ; n++ {
 		if t := r.csb.HwTail(r.idx); t != start {
 			return true
 		}
-		if n%64 == 63 && !deadline.IsZero() && time.Now().After(deadline) {
-			return false
+		if n%pollYield == 0 {
+			if !deadline.IsZero() && time.Now().After(deadline) {
+				return false
+			}
+			runtime.Gosched()
 		}
-		runtime.Gosched()
 	}
 }
+
+// pollYield is how many ktoa loads pollKtoa makes between yields (about a
+// microsecond of polling).
+const pollYield = 256
 
 // Stats returns the ring's counters.
 func (r *DriverRing) Stats() DriverRingStats {

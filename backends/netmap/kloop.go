@@ -88,8 +88,6 @@ type kloopRing struct {
 	num uint32
 	irq *notify.EventFD
 
-	pending atomic.Uint32 // a kick or a backend notification is waiting
-
 	// Shadow state (netmap's kring rhead/rtail as the loop last saw them).
 	rhead   uint32 // head of the last accepted sync
 	hwtail  uint32 // hwtail of the last sync
@@ -100,7 +98,14 @@ type kloopRing struct {
 	lastLog time.Time
 	quiet   uint64 // log lines suppressed since lastLog
 
-	syncs, wakeups, kicks, notifies, irqs, reinits, errs atomic.Uint64
+	syncs, wakeups, kicks, irqs, reinits, errs atomic.Uint64
+
+	// Written by notifiers (other goroutines), on a cache line of their own so
+	// that the worker's counter updates do not bounce it.
+	_        [64]byte
+	pending  atomic.Uint32 // a kick or a backend notification is waiting
+	notifies atomic.Uint64
+	_        [48]byte
 }
 
 // kloopMaxRounds bounds the sync rounds of one ring run, so that under continuous
@@ -206,7 +211,8 @@ func (l *Kloop) setSrc(idx, ring int) {
 func (l *Kloop) notifyRing(r *kloopRing) {
 	r.notifies.Add(1)
 	r.pending.Store(1)
-	if l.sleeping.CompareAndSwap(1, 0) {
+	// Load first: a failed CAS still takes the line from the worker.
+	if l.sleeping.Load() != 0 && l.sleeping.CompareAndSwap(1, 0) {
 		_ = l.wake.Signal() // EAGAIN (counter full) still leaves it readable
 	}
 }
@@ -242,38 +248,20 @@ func (l *Kloop) init() {
 // poll is the worker's Poll hook. Block mode: run the rings that have news until
 // none has, then announce sleep (sleeping = 1) and re-check the pending flags, so
 // that a notification between the last run and epoll_wait is not lost. Poll and
-// Adaptive: one round over every ring; the worker calls again.
+// Adaptive: rounds over every ring for up to pollBudget, or until pollIdleRounds
+// rounds in a row found nothing; the worker then checks its eventfds (a system
+// call) and calls again.
 func (l *Kloop) poll() bool {
-	l.sleeping.Store(0)
-	block := l.cfg.Mode == notify.Block
+	if l.sleeping.Load() != 0 {
+		l.sleeping.Store(0)
+	}
+	if l.cfg.Mode != notify.Block {
+		return l.pollRounds()
+	}
 	found := false
 	for !l.stopping.Load() {
-		did := false
-		for _, r := range l.rings {
-			woken := r.pending.Swap(0) != 0
-			if r.dead {
-				continue
-			}
-			if !woken && !r.more {
-				// Polling: a ring runs only when its app published a new head
-				// (one load); the backend's news come as notifications. Running
-				// every ring every round would take the kring locks the
-				// backend's other users need.
-				if block || l.csb.Head(r.i) == r.rhead {
-					continue
-				}
-			}
-			if woken {
-				r.wakeups.Add(1)
-			}
-			work, more := l.runRing(r, l.arm)
-			r.more = more
-			did = did || work || more || woken
-		}
+		did := l.round(true)
 		found = found || did
-		if !block {
-			break
-		}
 		if !did {
 			l.sleeping.Store(1)
 			if !l.anyPending() {
@@ -283,6 +271,61 @@ func (l *Kloop) poll() bool {
 		}
 	}
 	return found
+}
+
+// pollIdleRounds and pollBudget bound one Poll call in Poll and Adaptive modes. A
+// round that finds nothing costs two loads per ring; returning to the worker costs
+// an epoll_wait system call, which would otherwise be paid every round.
+const (
+	pollIdleRounds = 256
+	pollBudget     = 20 * time.Microsecond
+)
+
+func (l *Kloop) pollRounds() bool {
+	found := false
+	start := time.Now()
+	idle := 0
+	for n := 1; !l.stopping.Load(); n++ {
+		if l.round(false) {
+			found, idle = true, 0
+		} else if idle++; idle >= pollIdleRounds {
+			break
+		}
+		if n%16 == 0 && time.Since(start) >= pollBudget {
+			break
+		}
+	}
+	return found
+}
+
+// round runs every ring that has news once and reports whether any did something.
+// block: only notified rings run (Block mode); else also rings whose atok head moved.
+func (l *Kloop) round(block bool) bool {
+	did := false
+	for _, r := range l.rings {
+		// Load before swapping: the flag's line is shared with the notifiers, and
+		// a swap writes it even when it was clear.
+		woken := r.pending.Load() != 0 && r.pending.Swap(0) != 0
+		if r.dead {
+			continue
+		}
+		if !woken && !r.more {
+			// Polling: a ring runs only when its app published a new head (one
+			// load); the backend's news come as notifications. Running every
+			// ring every round would take the kring locks the backend's other
+			// users need.
+			if block || l.csb.Head(r.i) == r.rhead {
+				continue
+			}
+		}
+		if woken {
+			r.wakeups.Add(1)
+		}
+		work, more := l.runRing(r, l.arm)
+		r.more = more
+		did = did || work || more || woken
+	}
+	return did
 }
 
 func (l *Kloop) anyPending() bool {

@@ -38,6 +38,7 @@ func (s *benchSink) drain() {
 
 // benchPath is one path under test: the sender's host loop + driver, and the sink.
 type benchPath struct {
+	port  *netmap.Port // the sender's port
 	local *netmap.Local
 	sink  *benchSink
 	drops func() uint64
@@ -72,7 +73,7 @@ func benchSwitch(b *testing.B, slots int, cfg netmap.LocalConfig) *benchPath {
 		b.Fatal(err)
 	}
 	rk := pb.Netmap().RxRing(0)
-	return &benchPath{local: l, sink: &benchSink{k: rk, r: pb.Netmap().UserRing(rk)},
+	return &benchPath{port: pa.Netmap(), local: l, sink: &benchSink{k: rk, r: pb.Netmap().UserRing(rk)},
 		drops: func() uint64 { return pb.Counters().Drops() },
 		close: func() { l.Close(); pb.Detach(); pa.Detach() }}
 }
@@ -87,7 +88,7 @@ func benchPipe(b *testing.B, slots int, cfg netmap.LocalConfig) *benchPath {
 		b.Fatal(err)
 	}
 	rk := s.RxRing(0)
-	return &benchPath{local: l, sink: &benchSink{k: rk, r: s.UserRing(rk)},
+	return &benchPath{port: m, local: l, sink: &benchSink{k: rk, r: s.UserRing(rk)},
 		drops: func() uint64 { return m.TxRing(0).Stats().Dropped },
 		close: func() { l.Close(); s.Close(); m.Close() }}
 }
