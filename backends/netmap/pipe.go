@@ -1,6 +1,7 @@
 package netmap
 
 import (
+	"encoding/binary"
 	"fmt"
 	"sync/atomic"
 )
@@ -77,87 +78,154 @@ func linkPipe(from, to *Port) {
 }
 
 // pipeTxSync hands the frames in [hwcur, rhead) of tk to the peer's RX ring.
-// Called with tk's lock held; takes the RX kring's lock (TX before RX).
+// Called with tk's lock held. The peer's RX kring lock is taken only twice per
+// sync, to lease slots and to complete the lease, not while slots are swapped: the
+// receiver's rxsync (on another thread) runs meanwhile instead of waiting.
 func pipeTxSync(tk *Kring, l *pipeLink) error {
+	end := tk.rhead
+	if tk.hwcur == end {
+		return nil
+	}
 	rk := l.peer.Load()
+	var lease Lease
 	if rk != nil {
-		rk.mu.Lock()
-		if rk.closed {
-			rk.mu.Unlock()
+		var closed bool
+		var err error
+		if lease, closed, err = rk.pipeReserve(tk.dist(tk.hwcur, end)); err != nil {
+			return err
+		}
+		if closed {
 			rk = nil
 		}
 	}
 	if rk == nil {
 		// Peer closed: discard, so the sender never stalls.
-		n := tk.dist(tk.hwcur, tk.rhead)
+		n := tk.dist(tk.hwcur, end)
 		tk.CountDropped(uint64(n))
-		tk.TxDone(tk.rhead)
+		tk.TxDone(end)
 		return nil
 	}
-	if rk.hwlease != rk.hwtail {
-		rk.mu.Unlock()
-		return fmt.Errorf("netmap: pipe %s: rx ring has leases outstanding", rk.name)
+	t, used := pipeMove(tk, rk, lease, end)
+	rk.RxComplete(lease, used) // hwtail moves and the receiver is notified
+	tk.TxDone(t)
+	return nil
+}
+
+// pipeReserve leases up to n slots of rk for a pipe's TX sync (the only filler of a
+// pipe's RX ring: the sender's TX lock serialises them). closed: the ring's port
+// closed, discard.
+func (rk *Kring) pipeReserve(n uint32) (l Lease, closed bool, err error) {
+	rk.mu.Lock()
+	defer rk.mu.Unlock()
+	if rk.closed {
+		return Lease{}, true, nil
 	}
-	space := rk.rxSpaceLocked()
-	t, r := tk.hwcur, rk.hwtail
-	end := tk.rhead
+	if rk.hwlease != rk.hwtail {
+		return Lease{}, false, fmt.Errorf("netmap: pipe %s: rx ring has leases outstanding", rk.name)
+	}
+	if n = min(n, rk.rxSpaceLocked()); n == 0 {
+		return Lease{}, false, nil
+	}
+	l = Lease{Start: rk.hwlease, N: n}
+	rk.hwlease = rk.add(rk.hwlease, n)
+	l.seq = rk.leases.push(rk.hwlease)
+	return l, false, nil
+}
+
+// pipeMove swaps whole frames from tk's slots [hwcur, end) into the lease's slots of
+// rk, and returns the TX position after the last frame consumed (moved or dropped)
+// and how many RX slots it filled. Every slot is read once; buffer indices from
+// either ring are checked before they are swapped.
+func pipeMove(tk, rk *Kring, lease Lease, end uint32) (t, used uint32) {
 	reg := tk.reg
 	bufSize := reg.BufSize()
+	nbufs := reg.NumBufs()
+	tn, rn := tk.num, rk.num
+	ts := tk.mem[tk.off+RingSlotsOff : tk.off+RingSlotsOff+uint64(tn)*SlotSize]
+	rs := rk.mem[rk.off+RingSlotsOff : rk.off+RingSlotsOff+uint64(rn)*SlotSize]
+	le := binary.LittleEndian
+	t = tk.hwcur
+	r := lease.Start
+	space := lease.N
 	for t != end {
-		// Measure the next frame; move it only whole.
-		n, p, complete := uint32(0), t, false
-		for p != end {
-			n++
-			fl := getSlot(tk.mem, tk.slotOff(p)).Flags
-			p = tk.Next(p)
-			if fl&NSMoreFrag == 0 {
-				complete = true
-				break
+		// Fast path: a one-slot frame.
+		to := uint64(t) * SlotSize
+		tsl := ts[to : to+SlotSize : to+SlotSize]
+		tw := le.Uint64(tsl) // buf_idx, len, flags
+		tflags := uint16(tw >> 48)
+		if tflags&NSMoreFrag != 0 {
+			n, p, complete := pipeFrame(tk, t, end)
+			if !complete {
+				if end == tk.rtail || n >= rn-1 {
+					tk.dropped.Add(1) // can never complete or never fit: drop it
+					t = p
+				}
+				return t, used
 			}
-		}
-		if !complete {
-			if end == tk.rtail || n >= rk.num-1 {
-				tk.dropped.Add(1) // can never complete or never fit: drop it
-				t = p
+			if n > space {
+				if n > rn-1 {
+					tk.dropped.Add(1)
+					t = p
+					continue
+				}
+				return t, used // peer RX full: the rest stays pending
 			}
-			break
-		}
-		if n > space {
-			if n > rk.num-1 {
-				tk.dropped.Add(1)
-				t = p
-				continue
+			for ; t != p; t = tk.Next(t) {
+				o := uint64(t) * SlotSize
+				pipeSwap(tk, ts[o:o+SlotSize:o+SlotSize], rs, le.Uint64(ts[o:]), r, bufSize, nbufs)
+				if r++; r == rn {
+					r = 0
+				}
 			}
-			break // peer RX full: the rest stays pending
+			space -= n
+			used += n
+			continue
 		}
-		for ; t != p; t = tk.Next(t) {
-			to := tk.slotOff(t)
-			ro := rk.slotOff(r)
-			ts := getSlot(tk.mem, to)
-			rs := getSlot(rk.mem, ro)
-			if reg.ValidBuf(ts.BufIdx) && reg.ValidBuf(rs.BufIdx) && uint32(ts.Len) <= bufSize {
-				ts.BufIdx, rs.BufIdx = rs.BufIdx, ts.BufIdx
-				rs.Len, rs.Ptr = ts.Len, ts.Ptr
-				rs.Flags = ts.Flags | NSBufChanged
-				ts.Flags = NSBufChanged
-				putSlot(tk.mem, to, ts)
-			} else {
-				// A bad buffer on either side: deliver an empty fragment, keep both
-				// buffers where they are.
-				tk.badSlots.Add(1)
-				rs.Len, rs.Flags = 0, ts.Flags&NSMoreFrag
-			}
-			putSlot(rk.mem, ro, rs)
-			r = rk.Next(r)
+		if space == 0 {
+			return t, used
 		}
-		space -= n
+		pipeSwap(tk, tsl, rs, tw, r, bufSize, nbufs)
+		if t++; t == tn {
+			t = 0
+		}
+		if r++; r == rn {
+			r = 0
+		}
+		space--
+		used++
 	}
-	moved := r != rk.hwtail
-	rk.hwtail, rk.hwlease = r, r
-	rk.mu.Unlock()
-	tk.TxDone(t)
-	if moved {
-		rk.Notify()
+	return t, used
+}
+
+// pipeFrame measures the frame starting at TX slot t: its slot count, the position
+// after it, and whether it ends before end.
+func pipeFrame(tk *Kring, t, end uint32) (n, p uint32, complete bool) {
+	for p = t; p != end; {
+		n++
+		fl := getSlot(tk.mem, tk.slotOff(p)).Flags
+		p = tk.Next(p)
+		if fl&NSMoreFrag == 0 {
+			return n, p, true
+		}
 	}
-	return nil
+	return n, p, false
+}
+
+// pipeSwap moves TX slot tsl, whose first 8 bytes (buf_idx | len<<32 | flags<<48)
+// were read once as tw, into RX slot r of rs: buffers exchanged, NS_BUF_CHANGED on
+// both; a bad buffer on either side delivers an empty fragment and keeps both.
+func pipeSwap(tk *Kring, tsl, rs []byte, tw uint64, r, bufSize, nbufs uint32) {
+	le := binary.LittleEndian
+	ro := uint64(r) * SlotSize
+	rsl := rs[ro : ro+SlotSize : ro+SlotSize]
+	tbuf, tlen, tflags := uint32(tw), uint32(tw>>32)&0xffff, uint16(tw>>48)
+	rbuf := le.Uint32(rsl)
+	if tbuf >= ReservedBufs && tbuf < nbufs && rbuf >= ReservedBufs && rbuf < nbufs && tlen <= bufSize {
+		le.PutUint64(rsl, uint64(tbuf)|uint64(tlen)<<32|uint64(tflags|NSBufChanged)<<48)
+		le.PutUint64(rsl[8:], le.Uint64(tsl[8:])) // ptr
+		le.PutUint64(tsl, uint64(rbuf)|uint64(tlen)<<32|uint64(NSBufChanged)<<48)
+		return
+	}
+	tk.badSlots.Add(1)
+	le.PutUint32(rsl[4:], uint32(tflags&NSMoreFrag)<<16) // len 0
 }
