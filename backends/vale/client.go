@@ -318,7 +318,7 @@ func (c *Client) Capture(port string, dir Direction, f *os.File, snaplen int) (s
 		return nil, err
 	}
 	return func() (uint64, uint64, error) {
-		p, _, err := c.call(CaptureStopReq{ID: r.ID}, nil, 0)
+		p, _, err := c.call(CaptureStopReq(r), nil, 0)
 		if err != nil {
 			return 0, 0, err
 		}
