@@ -3,8 +3,10 @@ package vale
 import (
 	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"testing"
 	"time"
 
@@ -179,6 +181,13 @@ func TestServiceCapture(t *testing.T) {
 		n++
 	}
 	require.Equal(t, 25, n)
+	if ts, err := exec.LookPath("tshark"); err == nil {
+		out, err := exec.Command(ts, "-r", path, "-T", "fields", "-e", "frame.len").Output()
+		require.NoError(t, err)
+		lens := strings.Fields(string(out))
+		require.Len(t, lens, 25, "tshark reads 25 frames")
+		require.Equal(t, "60", lens[0])
+	}
 
 	_, err = c.Capture("vale0:nosuch", MonitorBoth, rf, 0)
 	require.ErrorIs(t, err, unix.ENOENT)
