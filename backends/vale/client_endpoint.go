@@ -91,9 +91,10 @@ func (e *DriverEndpoint) Close() error {
 // chain of netmap.MaxFrags buffers is taken and dropped (counted).
 func (e *DriverEndpoint) Send(frames [][]byte) (int, error) {
 	r := e.txr
-	if r.Space() < uint32(len(frames)) {
-		// Reclaim lazily, as netmap does: read hwtail only when short of room.
-		if err := e.tx.Sync(netmap.ForceReclaim); err != nil && !errors.Is(err, netmap.ErrRingReinit) {
+	if r.Space() == 0 {
+		// Reclaim lazily, as netmap does: a sync reads hwtail back when the ring
+		// is full (ForceReclaim would kick the host every time).
+		if err := e.tx.Sync(0); err != nil && !errors.Is(err, netmap.ErrRingReinit) {
 			return 0, err
 		}
 	}

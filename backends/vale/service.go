@@ -504,7 +504,11 @@ func (c *svcConn) attach(r AttachReq) ([]byte, []int, error) {
 	case nm.Kind == netmap.KindPipeMaster || nm.Kind == netmap.KindPipeSlave:
 		np, err := c.s.pipes.Open(r.Name, cfg)
 		if err != nil {
-			return nil, nil, fmt.Errorf("%v: %w", err, unix.EBUSY)
+			errno := unix.EINVAL
+			if strings.Contains(err.Error(), "in use") {
+				errno = unix.EBUSY
+			}
+			return nil, nil, fmt.Errorf("%v: %w", err, errno)
 		}
 		p.kind, p.np, p.close = KindPipeEnd, np, np.Close
 		p.name, _, _ = strings.Cut(r.Name, "@")

@@ -9,6 +9,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
 
+	"github.com/ptvmm/ptvmm/backends/netmap"
 	"github.com/ptvmm/ptvmm/notify"
 )
 
@@ -218,4 +219,23 @@ func TestServiceRefusesMalformedRequests(t *testing.T) {
 	// Every descriptor sent in those requests was closed by the service: only
 	// the new client's socket is open now.
 	require.Equal(t, fds0+2, len(openFDs(t)), "client socket plus its service side")
+}
+
+// A client must not be able to resize the region memfd it is given: the service
+// maps the same file, and a truncated file makes the service fault. The service
+// seals it when netmap created it sealable; until backends/netmap creates its
+// memfds with MFD_ALLOW_SEALING this is a known gap, and the test says so.
+func TestServiceRegionSealed(t *testing.T) {
+	s := startService(t, ServiceConfig{})
+	c := dial(t, s.Path())
+	rp, err := c.Attach("vale0:s", netmap.PortConfig{TxSlots: 32, RxSlots: 32})
+	require.NoError(t, err)
+	defer rp.Detach()
+	seals, err := unix.FcntlInt(uintptr(rp.FD()), unix.F_GET_SEALS, 0)
+	require.NoError(t, err)
+	if seals&unix.F_SEAL_SEAL != 0 && seals&unix.F_SEAL_SHRINK == 0 {
+		t.Skip("known gap: netmap region memfds are not created sealable (MFD_ALLOW_SEALING), so a client could truncate one")
+	}
+	require.NotZero(t, seals&unix.F_SEAL_SHRINK, "region memfd sealed against shrinking")
+	require.Error(t, unix.Ftruncate(rp.FD(), 4096), "a client cannot shrink the region")
 }
