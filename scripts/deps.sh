@@ -4,7 +4,10 @@
 #   scripts/deps.sh demo|test
 # Needed: qemu-system-x86 (the QEMU test host; optional where the host has
 # VT-x/AMD-V and a usable /dev/kvm) and the cached kernel's linux-headers
-# package while guest/kmod is not built (scripts/kmod.sh). `test` also wants
+# package while guest/kmod is not built (scripts/kmod.sh), when the kernel
+# came from the system's own sources and installing its headers pulls
+# nothing from another release (for another release's kernel kmod.sh
+# unpacks the headers privately instead). `test` also wants
 # tshark, tcpdump, iproute2 and acpica-tools: without them some checks skip.
 # As root (or in CI with passwordless sudo) it installs what is missing and
 # says so in one line; otherwise it prints the apt-get command and stops
@@ -16,6 +19,8 @@ what=${1:-}
 [[ $what == demo || $what == test ]] || { echo "usage: $0 demo|test" >&2; exit 2; }
 root=$(cd "$(dirname "$0")/.." && pwd)
 dest=${PTVMM_KERNEL_DIR:-$root/.cache/kernel}
+# shellcheck source=scripts/release.sh
+. "$root/scripts/release.sh"
 
 need=()
 optional=()
@@ -28,8 +33,17 @@ if ! command -v qemu-system-x86_64 >/dev/null; then
 fi
 if [[ -s $dest/VERSION && ! -s $dest/modules/ptvmm_testdev.ko ]]; then
 	version=$(tr -d '[:space:]' <"$dest/VERSION")
-	if [[ ! -f /lib/modules/$version/build/Makefile && ! -f /usr/src/linux-headers-$version/Makefile ]]; then
-		need+=("linux-headers-$version")
+	if [[ ! -f /lib/modules/$version/build/Makefile && ! -f /usr/src/linux-headers-$version/Makefile &&
+		-z $(source_get release) && -z $(source_get apt-config) ]]; then
+		# Not when it would pull another release in (no package lists yet is fine).
+		why=
+		if command -v apt-get >/dev/null && why=$(safe_install "linux-headers-$version"); then
+			need+=("linux-headers-$version")
+		elif [[ $why == *"would change the system"* ]]; then
+			echo "deps: not installing linux-headers-$version: $why"
+		else
+			need+=("linux-headers-$version")
+		fi
 	fi
 fi
 if [[ $what == test ]]; then

@@ -1,15 +1,35 @@
 #!/usr/bin/env bash
 # Provision Debian's cloud kernel and the modules the tests load into
 # .cache/kernel (or $PTVMM_KERNEL_DIR):
-#   vmlinuz, VERSION, config, modules/<file>.ko, <group>.order
+#   vmlinuz, VERSION, config, SOURCE, modules/<file>.ko, <group>.order
 # Each <group>.order lists module file names (without .ko), dependencies
-# first, in the order they must be loaded.
-# Idempotent: does nothing when the cache is complete (works offline then).
+# first, in the order they must be loaded; modules the kernel has built in
+# (modules.builtin) are left out, so a group may be empty.
+#   PTVMM_KERNEL_PACKAGE  the image package: a meta package (default
+#                         linux-image-cloud-amd64; linux-image-amd64 is the
+#                         standard kernel) or a versioned one
+#   PTVMM_KERNEL_RELEASE  take it from another Debian release (trixie,
+#                         bookworm-backports) through a private apt directory
+#                         (scripts/release.sh); or give your own APT_CONFIG
+# SOURCE records these, so that scripts/kmod.sh finds the headers there.
+# Idempotent: does nothing when the cache is complete and holds what was
+# asked for (works offline then).
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 dest=${PTVMM_KERNEL_DIR:-$root/.cache/kernel}
 meta=${PTVMM_KERNEL_PACKAGE:-linux-image-cloud-amd64}
+release=${PTVMM_KERNEL_RELEASE:-}
+# shellcheck source=scripts/release.sh
+. "$root/scripts/release.sh"
+
+# What SOURCE says for this request.
+want_source() {
+	echo "package=$meta"
+	[[ -n $release ]] && echo "release=$release"
+	[[ -z $release && -n ${APT_CONFIG:-} ]] && echo "apt-config=user"
+	return 0
+}
 
 # Module groups: name -> modules wanted (dependencies are added).
 # ccp is needed before kvm on Debian's standard (non-cloud) kernel only;
@@ -24,9 +44,14 @@ optional="ccp"
 
 complete() {
 	[[ -s $dest/VERSION && -s $dest/vmlinuz ]] || return 1
+	# A kernel asked for by name must be the one cached (a cache made
+	# before SOURCE existed holds the default).
+	if [[ -n ${PTVMM_KERNEL_PACKAGE:-}$release ]]; then
+		[[ $(want_source) == "$(kernel_source)" ]] || return 1
+	fi
 	local g m
 	for g in "${!groups[@]}"; do
-		[[ -s $dest/$g.order ]] || return 1
+		[[ -f $dest/$g.order ]] || return 1
 		while read -r m; do
 			[[ -s $dest/modules/$m.ko ]] || return 1
 		done <"$dest/$g.order"
@@ -37,6 +62,7 @@ if complete; then
 	echo "kernel: $(cat "$dest/VERSION") already in ${dest#"$root"/}"
 	exit 0
 fi
+[[ -n $release ]] && release_apt "$release"
 
 for tool in apt-get dpkg-deb; do
 	command -v "$tool" >/dev/null || {
@@ -56,21 +82,47 @@ download() {
 }
 fetch() {
 	download "$@" && return 0
-	echo "kernel: $1 not found; running apt-get update" >&2
+	echo "kernel: $1 not found; running apt-get update${APT_CONFIG:+ (APT_CONFIG=$APT_CONFIG)}" >&2
 	apt-get update -qq
 	download "$@"
 }
+cannot() {
+	echo "kernel: cannot download $1" >&2
+	if [[ -z $release && -z ${APT_CONFIG:-} ]]; then
+		echo "kernel: from another release: PTVMM_KERNEL_RELEASE=trixie (or your own APT_CONFIG)" >&2
+	fi
+	exit 1
+}
 
-fetch "$meta" || { echo "kernel: cannot download $meta" >&2; exit 1; }
-# The meta package depends on exactly one versioned image package.
-pkg=$(dpkg-deb -f "$meta"_*.deb Depends | tr ',' '\n' | sed -n 's/^ *\(linux-image-[^ ]*\).*/\1/p' | head -n1)
-[[ -n $pkg ]] || { echo "kernel: no linux-image dependency in $meta" >&2; exit 1; }
-fetch "$pkg" || { echo "kernel: cannot download $pkg" >&2; exit 1; }
+fetch "$meta" || cannot "$meta"
+# A meta package depends on exactly one versioned image package, which
+# holds boot/vmlinuz-<version>.
+pkg=$meta
+if ! dpkg-deb -c "$pkg"_*.deb | grep -q '/boot/vmlinuz-'; then
+	pkg=$(dpkg-deb -f "$meta"_*.deb Depends | tr ',|' '\n\n' | sed -n 's/^ *\(linux-image-[^ ]*\).*/\1/p' | head -n1)
+	[[ -n $pkg ]] || { echo "kernel: $meta has no kernel and no linux-image dependency" >&2; exit 1; }
+	fetch "$pkg" || cannot "$pkg"
+fi
 mkdir x
 dpkg-deb -x "$pkg"_*.deb x
-version=${pkg#linux-image-}
-moddir=x/lib/modules/$version
-[[ -d $moddir ]] || { echo "kernel: $pkg has no lib/modules/$version" >&2; exit 1; }
+vmlinuz=$(compgen -G 'x/boot/vmlinuz-*' | head -n1) || { echo "kernel: $pkg has no boot/vmlinuz" >&2; exit 1; }
+version=${vmlinuz#x/boot/vmlinuz-}
+# Merged /usr (Debian 13) puts the modules under usr/lib.
+moddir=
+for d in "x/lib/modules/$version" "x/usr/lib/modules/$version"; do
+	[[ -d $d ]] && moddir=$d
+done
+[[ -n $moddir ]] || { echo "kernel: $pkg has no lib/modules/$version" >&2; exit 1; }
+
+# Modules built into the kernel: nothing to load, left out of the groups.
+declare -A builtin=()
+if [[ -f $moddir/modules.builtin ]]; then
+	while IFS= read -r f; do
+		b=${f##*/}
+		b=${b%.ko}
+		builtin[${b//-/_}]=1
+	done <"$moddir/modules.builtin"
+fi
 
 # name (with _ for -) -> path of the module file, possibly compressed.
 declare -A path=()
@@ -101,11 +153,16 @@ deps() {
 
 declare -A seen=()
 order=()
+inside=()
 visit() {
 	local n=${1//-/_} d
 	[[ -n ${seen[$n]:-} ]] && return 0
 	seen[$n]=1
-	[[ -n ${path[$n]:-} ]] || { echo "kernel: module $1 not in $pkg" >&2; exit 1; }
+	if [[ -z ${path[$n]:-} ]]; then
+		[[ -n ${builtin[$n]:-} ]] && { inside+=("$n"); return 0; }
+		echo "kernel: module $1 not in $pkg" >&2
+		exit 1
+	fi
 	extract "$n"
 	for d in $(deps "$n"); do visit "$d"; done
 	order+=("${file[$n]}")
@@ -113,23 +170,28 @@ visit() {
 
 rm -rf "$dest.new"
 mkdir -p "$dest.new/modules"
+declare -A note=()
 for g in "${!groups[@]}"; do
 	seen=()
 	order=()
+	inside=()
 	if [[ $g == kvm ]]; then
 		for o in $optional; do
 			[[ -n ${path[$o]:-} ]] && visit "$o"
 		done
 	fi
 	for m in ${groups[$g]}; do visit "$m"; done
-	printf '%s\n' "${order[@]}" >"$dest.new/$g.order"
+	: >"$dest.new/$g.order"
+	((${#order[@]} == 0)) || printf '%s\n' "${order[@]}" >"$dest.new/$g.order"
 	for m in "${order[@]}"; do cp "mods/$m.ko" "$dest.new/modules/"; done
+	((${#inside[@]} == 0)) || note[$g]=" (built in: ${inside[*]})"
 done
 
-cp "x/boot/vmlinuz-$version" "$dest.new/vmlinuz"
+cp "$vmlinuz" "$dest.new/vmlinuz"
 cp "x/boot/config-$version" "$dest.new/config"
 echo "$version" >"$dest.new/VERSION"
+want_source >"$dest.new/SOURCE"
 rm -rf "$dest"
 mv "$dest.new" "$dest"
-echo "kernel: $version in ${dest#"$root"/} ($(ls "$dest/modules" | wc -l) modules)"
-for g in "${!groups[@]}"; do echo "  $g.order: $(tr '\n' ' ' <"$dest/$g.order")"; done
+echo "kernel: $version from $pkg${release:+ ($release)} in ${dest#"$root"/} ($(ls "$dest/modules" | wc -l) modules)"
+for g in "${!groups[@]}"; do echo "  $g.order: $(paste -sd' ' "$dest/$g.order")${note[$g]:-}"; done
