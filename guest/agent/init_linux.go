@@ -169,6 +169,9 @@ func loadModules(cl protocol.Cmdline) {
 	root := os.DirFS("/")
 	for _, m := range moduleList(string(file), v) {
 		p, err := resolveModule(root, protocol.ModuleDir, m.Name)
+		if errors.Is(err, errPresent) {
+			continue // built in: nothing to load
+		}
 		if err == nil {
 			err = loadModule(p, joinParams(m.Params, cmdlineModuleParams(cl, canonicalModule(p))))
 		}

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"errors"
 	"fmt"
 	"io/fs"
 	"path"
@@ -66,10 +67,16 @@ func canonicalModule(name string) string {
 	return strings.ReplaceAll(name, "-", "_")
 }
 
+// errPresent is resolveModule's error for a module that has no file but that
+// the kernel already has (/sys/module/<name>): built in, as Debian 13 builds
+// the virtio core, or loaded. There is nothing to load and nothing to report.
+var errPresent = errors.New("already in the kernel")
+
 // resolveModule finds the file for a module name in fsys, whose root is the
 // guest's /. A name with a slash is a path (relative to dir unless absolute);
 // a bare name is looked up in dir as given, then with each module extension,
-// then with '-' and '_' swapped.
+// then with '-' and '_' swapped. Without a file, a module the kernel has
+// gives an error wrapping errPresent.
 func resolveModule(fsys fs.FS, dir, name string) (string, error) {
 	if name == "" {
 		return "", fmt.Errorf("empty module name")
@@ -102,6 +109,11 @@ func resolveModule(fsys fs.FS, dir, name string) (string, error) {
 		}
 		if st, err := fs.Stat(fsys, rel); err == nil && st.Mode().IsRegular() {
 			return c, nil
+		}
+	}
+	if c := canonicalModule(name); c != "" && fs.ValidPath("sys/module/"+c) {
+		if st, err := fs.Stat(fsys, "sys/module/"+c); err == nil && st.IsDir() {
+			return "", fmt.Errorf("module %s: %w", name, errPresent)
 		}
 	}
 	return "", fmt.Errorf("module %s: no file for it in %s (looked for %s)", name, dir, strings.Join(cands, ", "))
