@@ -230,11 +230,21 @@ var GuestModules = []string{"virtio-net", "uio"}
 // it under the agent's module directory when it was built.
 const TestdevKmod = "ptvmm_testdev"
 
+// KmodMissingFile, in the kernel cache, holds scripts/kmod.sh's one-line
+// reason for not building guest/kmod (another release's headers that did
+// not build, headers it may not install).
+const KmodMissingFile = "KMOD_MISSING"
+
 // KmodMissing says in one line why module name (see TestdevKmod) is not in
 // the kernel cache, or returns "" when it is there.
 func KmodMissing(k *Kernel, name string) string {
 	if _, err := os.Stat(k.ModulePath(name)); err == nil {
 		return ""
+	}
+	if b, err := os.ReadFile(filepath.Join(k.Dir, KmodMissingFile)); err == nil {
+		if why := strings.TrimSpace(string(b)); why != "" {
+			return fmt.Sprintf("%s.ko not built for %s: %s", name, k.Version, why)
+		}
 	}
 	return fmt.Sprintf("%s.ko not built: install linux-headers-%s, then run `make kernel`", name, k.Version)
 }
