@@ -203,6 +203,14 @@ func TestServiceCloseClientsSeeError(t *testing.T) {
 	h := openHost(t, c, "vale0:a", 64)
 	down := make(chan error, 1)
 	c.OnDown(func(err error) { down <- err })
+	e, err := c.OpenEndpoint("vale0:e")
+	require.NoError(t, err)
+	linkDown := make(chan struct{}, 2)
+	e.OnDown(func() { linkDown <- struct{}{} })
+	closedEP, err := c.OpenEndpoint("vale0:f")
+	require.NoError(t, err)
+	closedEP.OnDown(func() { t.Error("OnDown ran for a closed endpoint") })
+	require.NoError(t, closedEP.Close())
 	require.NoError(t, s.Close())
 	select {
 	case err := <-down:
@@ -211,8 +219,10 @@ func TestServiceCloseClientsSeeError(t *testing.T) {
 		t.Fatal("client did not notice the service closing")
 	}
 	<-c.Done()
-	_, err := c.List()
+	require.Len(t, linkDown, 1, "the endpoint's OnDown ran once")
+	_, err = c.List()
 	require.ErrorIs(t, err, ErrServiceGone)
+	require.NoError(t, e.Close())
 	// The driver's memory is still mapped: using it is harmless, nothing answers.
 	hostSend(t, h, eth(bcastMAC, mac(1), 60, 0))
 	require.NoError(t, h.Close(), "closing after the service went is quiet")

@@ -268,6 +268,28 @@ func TestSwitchSIGTERM(t *testing.T) {
 		t.Errorf("socket still there: %v", err)
 	}
 	t.Logf("service output:\n%s", out.String())
+
+	// A client re-attaches when the service is back.
+	cmd2 := exec.Command(os.Args[0], "-test.run=^TestSwitchSIGTERM$")
+	cmd2.Env = cmd.Env
+	if err := cmd2.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cmd2.Process.Signal(unix.SIGTERM); cmd2.Wait() }()
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		if c, err = vale.Dial(sock); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("second service not up: %v", err)
+		}
+	}
+	defer c.Close()
+	h2, err := c.OpenHostPort("vale0:x", vale.HostPortConfig{TxSlots: 32, RxSlots: 32})
+	if err != nil {
+		t.Fatalf("re-attach: %v", err)
+	}
+	h2.Close()
 }
 
 func TestSwitchFlagConflicts(t *testing.T) {
