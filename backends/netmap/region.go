@@ -204,7 +204,7 @@ func NewRegion(cfg RegionConfig) (*Region, error) {
 	if r.id, err = allocMemID(); err != nil {
 		return nil, err
 	}
-	r.fd, err = unix.MemfdCreate("ptvmm-netmap", unix.MFD_CLOEXEC)
+	r.fd, err = unix.MemfdCreate("ptvmm-netmap", unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
 	if err != nil {
 		freeMemID(r.id)
 		return nil, fmt.Errorf("netmap: memfd_create: %w", err)
