@@ -44,6 +44,13 @@ import (
 	"github.com/ptvmm/ptvmm/vmm"
 )
 
+// mainUsage heads vmrun -h.
+const mainUsage = `usage: vmrun [flags]            boot a Linux guest (flags below)
+       vmrun bench [flags]      passthrough against virtio-net, one table
+       vmrun switch [flags]     the switch service shared by many vmruns
+       vmrun vale [flags] CMD   list, attach, detach, capture switch ports
+`
+
 // defaultAppend suits the agent initramfs: serial console, reboot through the
 // i8042 (our shutdown), reboot instead of hanging on panic, one UART probed.
 const defaultAppend = "console=ttyS0 reboot=k panic=-1 8250.nr_uarts=1 no_timer_check"
@@ -89,16 +96,8 @@ func run(start time.Time, args []string) int {
 	fs.Var(slotFlag{&nics}, "s", "add a NIC bhyve-style: "+slotUsage+" (repeatable)")
 	fs.Var(switchTapFlag{&switchTaps}, "switch-tap", "join host TAP to a switch: valeX:TAPNAME (repeatable)")
 	switchSock := fs.String("switch", "", "put the NICs' ports (PORT) in the switch service listening at PATH (see vmrun switch; \"default\": "+vale.DefaultSocketPath()+"); without it they are in this process")
-	// A mistake gets one line; -h gets the usage.
-	fs.SetOutput(io.Discard)
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			fs.SetOutput(os.Stderr)
-			fs.Usage()
-			return 2
-		}
-		fmt.Fprintf(os.Stderr, "vmrun: %v (see vmrun -h)\n", err)
-		return 2
+	if status, ok := parseFlags(fs, args, mainUsage, os.Stderr); !ok {
+		return status
 	}
 	if err := checkNICs(nics.nics); err != nil {
 		fmt.Fprintf(os.Stderr, "vmrun: %v\n", err)

@@ -28,17 +28,9 @@ func runSwitch(args []string) int {
 
 func switchMain(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("vmrun switch", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() {
-		fmt.Fprint(stderr, switchUsage)
-		fs.PrintDefaults()
-	}
 	socket := fs.String("socket", vale.DefaultSocketPath(), "Unix socket to listen on")
-	if err := fs.Parse(args); err != nil {
-		if err == flag.ErrHelp {
-			return 0
-		}
-		return 2
+	if status, ok := parseFlags(fs, args, switchUsage, stderr); !ok {
+		return status
 	}
 	if fs.NArg() > 0 {
 		fmt.Fprintf(stderr, "vmrun switch: unexpected arguments %q\n", fs.Args())

@@ -34,20 +34,12 @@ func runVale(args []string) int {
 
 func valeMain(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("vmrun vale", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() {
-		fmt.Fprint(stderr, valeUsage)
-		fs.PrintDefaults()
-	}
 	sock := fs.String("switch", vale.DefaultSocketPath(), "the switch service's socket")
-	if err := fs.Parse(args); err != nil {
-		if err == flag.ErrHelp {
-			return 0
-		}
-		return 2
+	if status, ok := parseFlags(fs, args, valeUsage, stderr); !ok {
+		return status
 	}
 	if fs.NArg() == 0 {
-		fs.Usage()
+		printUsage(fs, valeUsage, stderr)
 		return 2
 	}
 	cmd, rest := fs.Arg(0), fs.Args()[1:]
