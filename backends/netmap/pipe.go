@@ -139,7 +139,8 @@ func (rk *Kring) pipeReserve(n uint32) (l Lease, closed bool, err error) {
 func pipeMove(tk, rk *Kring, lease Lease, end uint32) (t, used uint32) {
 	reg := tk.reg
 	bufSize := reg.BufSize()
-	nbufs := reg.NumBufs()
+	// Valid buffers are [ReservedBufs, NumBufs): one unsigned compare of idx-lo.
+	lo, nvalid := uint32(ReservedBufs), reg.NumBufs()-ReservedBufs
 	tn, rn := tk.num, rk.num
 	ts := tk.mem[tk.off+RingSlotsOff : tk.off+RingSlotsOff+uint64(tn)*SlotSize]
 	rs := rk.mem[rk.off+RingSlotsOff : rk.off+RingSlotsOff+uint64(rn)*SlotSize]
@@ -147,44 +148,33 @@ func pipeMove(tk, rk *Kring, lease Lease, end uint32) (t, used uint32) {
 	t = tk.hwcur
 	r := lease.Start
 	space := lease.N
+	const changed = uint64(NSBufChanged) << 48
 	for t != end {
-		// Fast path: a one-slot frame.
-		to := uint64(t) * SlotSize
+		to, ro := uint64(t)*SlotSize, uint64(r)*SlotSize
 		tsl := ts[to : to+SlotSize : to+SlotSize]
-		tw := le.Uint64(tsl) // buf_idx, len, flags
-		tflags := uint16(tw >> 48)
-		if tflags&NSMoreFrag != 0 {
-			n, p, complete := pipeFrame(tk, t, end)
-			if !complete {
-				if end == tk.rtail || n >= rn-1 {
-					tk.dropped.Add(1) // can never complete or never fit: drop it
-					t = p
-				}
+		tw := le.Uint64(tsl) // buf_idx | len<<32 | flags<<48, read once
+		if uint16(tw>>48)&NSMoreFrag != 0 {
+			var ok bool
+			if t, r, space, used, ok = pipeChain(tk, rk, ts, rs, t, r, end, space, used); !ok {
 				return t, used
 			}
-			if n > space {
-				if n > rn-1 {
-					tk.dropped.Add(1)
-					t = p
-					continue
-				}
-				return t, used // peer RX full: the rest stays pending
-			}
-			for ; t != p; t = tk.Next(t) {
-				o := uint64(t) * SlotSize
-				pipeSwap(tk, ts[o:o+SlotSize:o+SlotSize], rs, le.Uint64(ts[o:]), r, bufSize, nbufs)
-				if r++; r == rn {
-					r = 0
-				}
-			}
-			space -= n
-			used += n
 			continue
 		}
+		// A one-slot frame: the common case, inline.
 		if space == 0 {
 			return t, used
 		}
-		pipeSwap(tk, tsl, rs, tw, r, bufSize, nbufs)
+		rsl := rs[ro : ro+SlotSize : ro+SlotSize]
+		rbuf := le.Uint32(rsl)
+		tbuf, tlen := uint32(tw), uint32(tw>>32)&0xffff
+		if tbuf-lo < nvalid && rbuf-lo < nvalid && tlen <= bufSize {
+			le.PutUint64(rsl, tw|changed)
+			le.PutUint64(rsl[8:], le.Uint64(tsl[8:])) // ptr
+			le.PutUint64(tsl, uint64(rbuf)|uint64(tlen)<<32|changed)
+		} else {
+			tk.badSlots.Add(1)
+			le.PutUint32(rsl[4:], 0) // len 0, no flags; both buffers stay
+		}
 		if t++; t == tn {
 			t = 0
 		}
@@ -195,6 +185,37 @@ func pipeMove(tk, rk *Kring, lease Lease, end uint32) (t, used uint32) {
 		used++
 	}
 	return t, used
+}
+
+// pipeChain moves (or drops) the MOREFRAG chain at TX slot t, the slow path of
+// pipeMove; ok is false when pipeMove must stop (an open chain, or no room).
+func pipeChain(tk, rk *Kring, ts, rs []byte, t, r, end, space, used uint32) (nt, nr, nspace, nused uint32, ok bool) {
+	rn := rk.num
+	n, p, complete := pipeFrame(tk, t, end)
+	if !complete {
+		if end == tk.rtail || n >= rn-1 {
+			tk.dropped.Add(1) // can never complete or never fit: drop it
+			t = p
+		}
+		return t, r, space, used, false
+	}
+	if n > space {
+		if n > rn-1 {
+			tk.dropped.Add(1)
+			return p, r, space, used, true
+		}
+		return t, r, space, used, false // peer RX full: the rest stays pending
+	}
+	le := binary.LittleEndian
+	for ; t != p; t = tk.Next(t) {
+		o := uint64(t) * SlotSize
+		tsl := ts[o : o+SlotSize : o+SlotSize]
+		pipeSwap(tk, tsl, rs, le.Uint64(tsl), r)
+		if r++; r == rn {
+			r = 0
+		}
+	}
+	return t, r, space - n, used + n, true
 }
 
 // pipeFrame measures the frame starting at TX slot t: its slot count, the position
@@ -214,13 +235,14 @@ func pipeFrame(tk *Kring, t, end uint32) (n, p uint32, complete bool) {
 // pipeSwap moves TX slot tsl, whose first 8 bytes (buf_idx | len<<32 | flags<<48)
 // were read once as tw, into RX slot r of rs: buffers exchanged, NS_BUF_CHANGED on
 // both; a bad buffer on either side delivers an empty fragment and keeps both.
-func pipeSwap(tk *Kring, tsl, rs []byte, tw uint64, r, bufSize, nbufs uint32) {
+func pipeSwap(tk *Kring, tsl, rs []byte, tw uint64, r uint32) {
 	le := binary.LittleEndian
+	reg := tk.reg
 	ro := uint64(r) * SlotSize
 	rsl := rs[ro : ro+SlotSize : ro+SlotSize]
 	tbuf, tlen, tflags := uint32(tw), uint32(tw>>32)&0xffff, uint16(tw>>48)
 	rbuf := le.Uint32(rsl)
-	if tbuf >= ReservedBufs && tbuf < nbufs && rbuf >= ReservedBufs && rbuf < nbufs && tlen <= bufSize {
+	if reg.ValidBuf(tbuf) && reg.ValidBuf(rbuf) && tlen <= reg.BufSize() {
 		le.PutUint64(rsl, uint64(tbuf)|uint64(tlen)<<32|uint64(tflags|NSBufChanged)<<48)
 		le.PutUint64(rsl[8:], le.Uint64(tsl[8:])) // ptr
 		le.PutUint64(tsl, uint64(rbuf)|uint64(tlen)<<32|uint64(NSBufChanged)<<48)
