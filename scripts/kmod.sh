@@ -59,6 +59,7 @@ fi
 
 # skip ends the script without the modules: one line saying why.
 skip() {
+	[[ -f $private/ready ]] || rm -rf "$private"
 	echo "kmod: ${names[*]/%/.ko} not built for $version: $*"
 	echo "$*" >"$dest/KMOD_MISSING"
 	# CI must run the tests that need them, with the kernel it is meant for.
@@ -91,7 +92,13 @@ private_kbuild() {
 		rm -rf "$private"
 		mkdir -p "$private/debs" "$r"
 		work=$private/debs
-		get() { (cd "$work" && apt-get download -q "$@" </dev/null >/dev/null 2>"$work/err") || skip "apt-get download $*: $(grep -m1 '^E:' "$work/err" || echo failed)"; }
+		get() {
+			dl() { (cd "$work" && apt-get download -q "$@" </dev/null >/dev/null 2>"$work/err"); }
+			dl "$@" && return 0
+			apt-get update -qq </dev/null >/dev/null 2>&1 || true
+			# The archive keeps a release's newest kernel only.
+			dl "$@" || skip "apt-get download $*: $(grep -m1 '^E:' "$work/err" || echo failed) (an older kernel than the archive's? remove ${dest#"$root"/} and run make kernel again)"
+		}
 		get "$pkg"
 		# linux-headers-<version>-common and linux-kbuild-<...>: the rest of kbuild.
 		local deps
