@@ -98,7 +98,8 @@ fetch "$meta" || cannot "$meta"
 # A meta package depends on exactly one versioned image package, which
 # holds boot/vmlinuz-<version>.
 pkg=$meta
-if ! dpkg-deb -c "$pkg"_*.deb | grep -q '/boot/vmlinuz-'; then
+# (grep reads it all: with -q dpkg-deb would die of SIGPIPE under pipefail.)
+if ! dpkg-deb -c "$pkg"_*.deb | grep '/boot/vmlinuz-' >/dev/null; then
 	pkg=$(dpkg-deb -f "$meta"_*.deb Depends | tr ',|' '\n\n' | sed -n 's/^ *\(linux-image-[^ ]*\).*/\1/p' | head -n1)
 	[[ -n $pkg ]] || { echo "kernel: $meta has no kernel and no linux-image dependency" >&2; exit 1; }
 	fetch "$pkg" || cannot "$pkg"
