@@ -346,8 +346,8 @@ func PlanSteps(tests []TestBinary, args []string, extra map[string][]string) []R
 // WriteTestHostInitramfs packs the test host: the agent as /init, the
 // TestHostGroups modules in its load list, h.Cmd (or the runner with
 // h.Plan) as the agent's command with h.Env, and the assets (the kernel
-// cache, the guest initramfs, vmrun, the runner, the tests binaries) under
-// TestHostAssets.
+// cache, the guest initramfs, vmrun, the runner, the tests binaries, the
+// files the PassFileEnvs set here name) under TestHostAssets.
 func (a *Assets) WriteTestHostInitramfs(path string, h HostSpec) error {
 	mods, err := a.TestHostModules()
 	if err != nil {
@@ -392,6 +392,12 @@ func (a *Assets) WriteTestHostInitramfs(path string, h HostSpec) error {
 			}
 		}
 	}
+	extra, extraEnv, err := passFiles(os.Getenv)
+	if err != nil {
+		return err
+	}
+	spec.Files = append(spec.Files, extra...)
+	spec.Env = append(append([]string(nil), h.Env...), extraEnv...)
 	if len(h.Plan) > 0 {
 		if a.Runner == "" {
 			return errors.New("testhost: a plan needs the runner (Options.Runner)")

@@ -111,3 +111,23 @@ func TestGuestCmdlineQuiet(t *testing.T) {
 	assert.NotContains(t, strings.Fields(GuestCmdline("x")), "quiet")
 	assert.Contains(t, GuestCmdline("a b"), `ptvmm.cmd="a b"`)
 }
+
+func TestPassFiles(t *testing.T) {
+	dir := t.TempDir()
+	ko := filepath.Join(dir, "netmap.ko")
+	require.NoError(t, os.WriteFile(ko, []byte("x"), 0o644))
+	env := map[string]string{"PTVMM_NETMAP_KO": ko}
+	files, kv, err := passFiles(func(k string) string { return env[k] })
+	require.NoError(t, err)
+	require.Len(t, files, 1, "only the variable that is set")
+	assert.Equal(t, ko, files[0].Host)
+	assert.Equal(t, TestHostAssets+"/extra/PTVMM_NETMAP_KO/netmap.ko", files[0].Guest, "the file keeps its name")
+	assert.Equal(t, []string{"PTVMM_NETMAP_KO=" + files[0].Guest}, kv)
+
+	env["PTVMM_PKTGEN"] = filepath.Join(dir, "missing")
+	_, _, err = passFiles(func(k string) string { return env[k] })
+	assert.ErrorContains(t, err, "PTVMM_PKTGEN", "a named file that is not there fails")
+	env["PTVMM_PKTGEN"] = dir
+	_, _, err = passFiles(func(k string) string { return env[k] })
+	assert.ErrorContains(t, err, "not a regular file")
+}
