@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"runtime"
 	"slices"
 	"strings"
@@ -94,6 +93,15 @@ type Config struct {
 	Tap string
 	// Progress receives one line per run as it starts and ends (nil: none).
 	Progress io.Writer
+	// Agent is the static guest agent the linux tier packs as its guests' /init (a
+	// static vmrun carries it: vmrun bench passes itself). Empty: the agent is built
+	// with the go command from the ptvmm source tree.
+	Agent string
+	// KernelDir is the guest kernel cache for the linux tier (the layout `make
+	// kernel` fills); empty: where vmrun finds it (kcache.Dir).
+	KernelDir string
+	// Log receives the linux tier's guest consoles and other detail (nil: none).
+	Log io.Writer
 }
 
 // Machine says what the figures were measured on.
@@ -212,28 +220,13 @@ func joinList[T ~string](l []T) string {
 	return strings.Join(s, ", ")
 }
 
-// AutoTier is the tier this machine allows: the process tier runs anywhere; the micro
-// and linux tiers need /dev/kvm and are chosen only when asked for (see TierStatus).
-func AutoTier() Tier { return TierProcess }
+// AutoTier is the most faithful tier this machine allows: linux where KVM has
+// hardware virtualization and `make kernel` provided a guest kernel, micro on any
+// other /dev/kvm (software KVM included), process elsewhere.
+func AutoTier() Tier { return autoTier(probeHost("")) }
 
 // TierStatus says whether tier t can run here, and if not, why and what to do.
-func TierStatus(t Tier) (ok bool, why string) {
-	switch t {
-	case TierProcess:
-		return true, ""
-	case TierMicro:
-		if _, err := os.Stat("/dev/kvm"); err != nil {
-			return false, "tier micro: /dev/kvm missing: run on a host with KVM, or use -tier process (no KVM needed)"
-		}
-		return false, "tier micro: not implemented yet in vmrun bench (the micro guests' ptnet benchmark is `go test -run '^$' -bench . ./devices/ptmemdev` on /dev/kvm): use -tier process"
-	case TierLinux:
-		if _, err := os.Stat("/dev/kvm"); err != nil {
-			return false, "tier linux: /dev/kvm missing: run on a host with VT-x/AMD-V, or in the QEMU test host (`make e2e` runs the Linux-guest passthrough tests there); use -tier process here"
-		}
-		return false, "tier linux: not implemented yet in vmrun bench (the Linux-guest pktgen runs in e2e/ptnet_test.go: `make e2e`): use -tier process"
-	}
-	return false, fmt.Sprintf("tier %q: unknown", t)
-}
+func TierStatus(t Tier) (ok bool, why string) { return tierStatus(t, probeHost("")) }
 
 // Run runs cfg and returns what it measured. A cancelled ctx (Ctrl-C) ends the run
 // in progress, which is kept and marked partial, and the report is returned with
@@ -247,20 +240,58 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
+	host := probeHost(c.KernelDir)
 	if c.Tier == "" {
-		c.Tier = AutoTier()
+		c.Tier = autoTier(host)
 	}
 	rep := &Report{Tier: c.Tier, Machine: machine(), Kernel: kernel(), Date: time.Now().UTC().Format(time.RFC3339),
 		Records: []Record{}, Notes: []string{}, Ratios: []Ratio{}}
-	if ok, why := TierStatus(c.Tier); !ok {
+	if ok, why := tierStatus(c.Tier, host); !ok {
 		rep.Notes = append(rep.Notes, why)
 		c.progress("bench: %s", why)
 		return rep, nil
 	}
+	if c.KernelDir == "" {
+		c.KernelDir = host.kernel
+	}
 	r := &runner{cfg: c, rep: rep}
-	r.run(ctx)
+	if un := unsupported(c.Tier, c.Workloads); len(un) > 0 {
+		note := fmt.Sprintf("tier %s: %s not measured: %s", c.Tier, joinList(un), unsupportedWhy[c.Tier])
+		rep.Notes = append(rep.Notes, note)
+		c.progress("bench: %s", note)
+		r.cfg.Workloads = slices.DeleteFunc(slices.Clone(c.Workloads), func(w Workload) bool { return slices.Contains(un, w) })
+	}
+	switch c.Tier {
+	case TierLinux:
+		r.runLinux(ctx)
+	default:
+		r.run(ctx)
+	}
 	rep.Ratios = append(rep.Ratios, ratios(rep.Records)...)
 	return rep, nil
+}
+
+// tierWorkloads are the workloads each tier measures.
+var tierWorkloads = map[Tier][]Workload{
+	TierProcess: Workloads,
+	TierMicro:   {WorkloadTX},
+	TierLinux:   {WorkloadTX, WorkloadPingPong},
+}
+
+var unsupportedWhy = map[Tier]string{
+	TierMicro: "the micro guests only transmit (guest/micro has no receiving program yet); -tier process measures them",
+	TierLinux: "the host side has no generator paced by the guest yet; -tier process measures rx",
+}
+
+// unsupported lists the workloads in ws tier t does not measure.
+func unsupported(t Tier, ws []Workload) []Workload {
+	var out []Workload
+	for _, w := range ws {
+		if !slices.Contains(tierWorkloads[t], w) {
+			out = append(out, w)
+		}
+	}
+	return out
 }
 
 func (c Config) progress(format string, args ...any) {
@@ -269,7 +300,8 @@ func (c Config) progress(format string, args ...any) {
 	}
 }
 
-// runner runs the process tier.
+// runner runs a benchmark: the process and micro tiers one run at a time (run),
+// the linux tier one guest boot per path (runLinux).
 type runner struct {
 	cfg Config
 	rep *Report
@@ -389,6 +421,9 @@ type outcome struct {
 // runOne sets up path p, runs workload w with frames of size bytes on a locked
 // driver thread, and tears the path down.
 func (r *runner) runOne(ctx context.Context, p Path, w Workload, size int) (Record, error) {
+	if r.cfg.Tier == TierMicro {
+		return r.runMicro(ctx, p, w, size)
+	}
 	e, err := r.setup(p)
 	if err != nil {
 		return Record{}, err
@@ -407,6 +442,11 @@ func (r *runner) runOne(ctx context.Context, p Path, w Workload, size int) (Reco
 	if cerr != nil {
 		return Record{}, fmt.Errorf("bench: tear down %s: %w", p, cerr)
 	}
+	return r.record(p, w, size, o), nil
+}
+
+// record turns what a run measured into its Record.
+func (r *runner) record(p Path, w Workload, size int, o outcome) Record {
 	rec := Record{Tier: r.rep.Tier, Path: p, Workload: w, Size: size, Frames: o.frames, Received: o.received,
 		Seconds: o.elapsed.Seconds(), Partial: o.cutShort, Machine: r.rep.Machine, Kernel: r.rep.Kernel, Date: r.rep.Date}
 	rec.Drops = o.drops
@@ -426,7 +466,7 @@ func (r *runner) runOne(ctx context.Context, p Path, w Workload, size int) (Reco
 		p50, p99 := us(o.latP50), us(o.latP99)
 		rec.LatencyP50, rec.LatencyP99 = &p50, &p99
 	}
-	return rec, nil
+	return rec
 }
 
 func us(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) }

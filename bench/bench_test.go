@@ -31,7 +31,7 @@ var shared struct {
 func sharedReport(t *testing.T) *Report {
 	t.Helper()
 	shared.once.Do(func() {
-		shared.rep, shared.err = Run(context.Background(), Config{Count: tinyCount, Progress: &shared.progress})
+		shared.rep, shared.err = Run(context.Background(), Config{Tier: TierProcess, Count: tinyCount, Progress: &shared.progress})
 	})
 	require.NoError(t, shared.err)
 	return shared.rep
@@ -168,7 +168,7 @@ func TestInterrupt(t *testing.T) {
 	defer cancel()
 	time.AfterFunc(300*time.Millisecond, cancel)
 	start := time.Now()
-	rep, err := Run(ctx, Config{Paths: []Path{PathPtnetPipe, PathVirtioSwitch}, Workloads: []Workload{WorkloadTX}, Sizes: []int{60}, Duration: time.Minute})
+	rep, err := Run(ctx, Config{Tier: TierProcess, Paths: []Path{PathPtnetPipe, PathVirtioSwitch}, Workloads: []Workload{WorkloadTX}, Sizes: []int{60}, Duration: time.Minute})
 	require.NoError(t, err)
 	assert.Less(t, time.Since(start), 20*time.Second)
 	assert.True(t, rep.Interrupted)
@@ -213,7 +213,7 @@ func TestTierWithoutKVM(t *testing.T) {
 // TestTapMissing: a TAP that is not there is one note saying why and what to do; the
 // other paths still run, and the ratio line says none.
 func TestTapMissing(t *testing.T) {
-	rep, err := Run(context.Background(), Config{Paths: []Path{PathVirtioTap, PathPtnetPipe}, Workloads: []Workload{WorkloadTX, WorkloadRX},
+	rep, err := Run(context.Background(), Config{Tier: TierProcess, Paths: []Path{PathVirtioTap, PathPtnetPipe}, Workloads: []Workload{WorkloadTX, WorkloadRX},
 		Sizes: []int{60}, Count: 500, Tap: "ptvbnothere"})
 	require.NoError(t, err)
 	require.Len(t, rep.Notes, 1, "one line for the path, not one per run")
@@ -231,7 +231,7 @@ func TestTapMissing(t *testing.T) {
 // kept, saying how many runs there were.
 func TestRepeat(t *testing.T) {
 	var progress bytes.Buffer
-	rep, err := Run(context.Background(), Config{Paths: []Path{PathPtnetPipe}, Workloads: []Workload{WorkloadTX}, Sizes: []int{60},
+	rep, err := Run(context.Background(), Config{Tier: TierProcess, Paths: []Path{PathPtnetPipe}, Workloads: []Workload{WorkloadTX}, Sizes: []int{60},
 		Count: 500, Repeat: 3, Progress: &progress})
 	require.NoError(t, err)
 	require.Len(t, rep.Records, 1)

@@ -17,11 +17,17 @@ import (
 
 const benchUsage = `usage: vmrun bench [-tier process|micro|linux] [-paths P,...] [-sizes 60,1514]
                    [-workloads tx,rx,pingpong] [-duration D | -count N] [-repeat N] [-tap NAME]
-                   [-json FILE] [-plot FILE.png]
+                   [-json FILE] [-plot FILE.png] [-console]
 
 Runs the same workloads over each network path and prints one table (progress on
 stderr), the passthrough / virtio-net+TAP ratios last. Paths: ` + "ptnet-switch, ptnet-pipe, virtio-tap, virtio-switch" + `.
 Ctrl-C stops the run in progress and prints what was measured.
+
+Tiers (default: the most faithful this machine allows): linux boots Linux guests
+running the guest pktgen (needs VT-x/AMD-V and ` + "`make kernel`" + `; tx and pingpong);
+micro runs long-mode micro guests on any /dev/kvm (guest TX); process drives the
+devices from host threads, no KVM needed. Without VT-x/AMD-V, ` + "`make bench-linux`" + `
+runs the linux tier inside the QEMU test host (only the ratios mean anything there).
 `
 
 // runBench is `vmrun bench`: flags, then the bench package.
@@ -46,6 +52,7 @@ func benchMain(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	tapName := fs.String("tap", "", "existing TAP for virtio-tap (default: create a temporary one; needs root)")
 	jsonOut := fs.String("json", "", "also write the results as JSON to FILE")
 	plotOut := fs.String("plot", "", "also draw Mpps per path and size as a PNG to FILE")
+	console := fs.Bool("console", false, "copy the linux tier's guest consoles to stderr")
 	if err := fs.Parse(args); err != nil {
 		if err == flag.ErrHelp {
 			return 0
@@ -57,7 +64,11 @@ func benchMain(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		fs.Usage()
 		return 2
 	}
-	cfg := bench.Config{Tier: bench.Tier(*tier), Duration: *duration, Count: *count, Repeat: *repeat, Tap: *tapName, Progress: stderr}
+	cfg := bench.Config{Tier: bench.Tier(*tier), Duration: *duration, Count: *count, Repeat: *repeat, Tap: *tapName, Progress: stderr,
+		Agent: benchAgent()}
+	if *console {
+		cfg.Log = stderr
+	}
 	for _, p := range splitList(*paths) {
 		cfg.Paths = append(cfg.Paths, bench.Path(p))
 	}
@@ -104,6 +115,19 @@ func benchMain(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		status = 130
 	}
 	return status
+}
+
+// benchAgent is this vmrun when it is static: it carries the guest agent, so the
+// linux tier's guests need no toolchain (else the bench package builds the agent).
+func benchAgent() string {
+	self, err := os.Executable()
+	if err != nil {
+		return ""
+	}
+	if ok, err := staticExecutable(self); err != nil || !ok {
+		return ""
+	}
+	return self
 }
 
 func splitList(s string) []string {

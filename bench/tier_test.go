@@ -1,0 +1,189 @@
+package bench
+
+import (
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/ptvmm/ptvmm/guest/pktgen"
+)
+
+// TestAutoTier: the most faithful tier the host allows, from what it has.
+func TestAutoTier(t *testing.T) {
+	noKVM := errors.New("kvm: /dev/kvm: no such file or directory")
+	for _, tc := range []struct {
+		name string
+		c    hostCaps
+		want Tier
+	}{
+		{"nothing", hostCaps{kvm: noKVM, kcError: errors.New("none")}, TierProcess},
+		{"kernel but no kvm", hostCaps{kvm: noKVM, kernel: "/k"}, TierProcess},
+		{"software kvm", hostCaps{kernel: "/k"}, TierMicro},
+		{"hardware kvm without a kernel", hostCaps{hwvirt: true, kcError: errors.New("none")}, TierMicro},
+		{"hardware kvm and a kernel", hostCaps{hwvirt: true, kernel: "/k"}, TierLinux},
+	} {
+		assert.Equal(t, tc.want, autoTier(tc.c), tc.name)
+		ok, why := tierStatus(autoTier(tc.c), tc.c)
+		assert.True(t, ok, "%s: the tier chosen can run: %s", tc.name, why)
+	}
+}
+
+// TestTierStatus: a tier the host cannot run is one line saying why and what to
+// do; the linux tier without VT-x/AMD-V points at make bench-linux.
+func TestTierStatus(t *testing.T) {
+	missing := errors.New("kvm: /dev/kvm: no such file or directory")
+	soft := hostCaps{kernel: "/k"}
+	ok, why := tierStatus(TierLinux, soft)
+	assert.False(t, ok)
+	assert.Contains(t, why, "tier linux: KVM here has no VT-x/AMD-V")
+	assert.Contains(t, why, "make bench-linux")
+	assert.Contains(t, why, "-tier micro")
+	ok, _ = tierStatus(TierMicro, soft)
+	assert.True(t, ok, "micro runs on a software KVM")
+	ok, why = tierStatus(TierLinux, hostCaps{hwvirt: true, kcError: errors.New("no kernel cache")})
+	assert.False(t, ok)
+	assert.Contains(t, why, "make kernel")
+	ok, _ = tierStatus(TierLinux, hostCaps{hwvirt: true, kernel: "/k"})
+	assert.True(t, ok)
+	for _, tier := range []Tier{TierMicro, TierLinux} {
+		ok, why = tierStatus(tier, hostCaps{kvm: missing})
+		assert.False(t, ok)
+		assert.True(t, strings.HasPrefix(why, "tier "+string(tier)+": "), why)
+		assert.Contains(t, why, "-tier process")
+		assert.NotContains(t, why, "\n", "one line")
+	}
+	ok, _ = tierStatus(TierProcess, hostCaps{kvm: missing})
+	assert.True(t, ok, "process runs anywhere")
+	ok, _ = tierStatus("cloud", hostCaps{})
+	assert.False(t, ok)
+}
+
+// TestUnsupportedWorkloads: each tier says which workloads it leaves out.
+func TestUnsupportedWorkloads(t *testing.T) {
+	assert.Empty(t, unsupported(TierProcess, Workloads))
+	assert.Equal(t, []Workload{WorkloadRX, WorkloadPingPong}, unsupported(TierMicro, Workloads))
+	assert.Equal(t, []Workload{WorkloadRX}, unsupported(TierLinux, Workloads))
+	assert.Empty(t, unsupported(TierLinux, []Workload{WorkloadTX}))
+}
+
+func TestParseGuestTime(t *testing.T) {
+	// A command name with spaces and parentheses; guest_time is field 43.
+	fields := make([]string, 0, 50)
+	for i := 3; i <= 52; i++ {
+		switch i {
+		case 43:
+			fields = append(fields, "250")
+		default:
+			fields = append(fields, "7")
+		}
+	}
+	line := "1234 (a b) (c) " + strings.Join(fields, " ") + "\n"
+	d, err := parseGuestTime([]byte(line))
+	require.NoError(t, err)
+	assert.Equal(t, 2500*time.Millisecond, d)
+	for _, bad := range []string{"", "1 (x", "1 (x) S 2 3", "1 (x) " + strings.Repeat("z ", 45)} {
+		_, err := parseGuestTime([]byte(bad))
+		assert.Error(t, err, "%q", bad)
+	}
+	assert.GreaterOrEqual(t, guestTime(), time.Duration(0))
+}
+
+func TestCPUSplit(t *testing.T) {
+	g, h, p := cpuSplit(cpuMark{proc: time.Second, guest: 100 * time.Millisecond, peer: 50 * time.Millisecond},
+		cpuMark{proc: 3 * time.Second, guest: 600 * time.Millisecond, peer: 250 * time.Millisecond})
+	assert.Equal(t, 500*time.Millisecond, g)
+	assert.Equal(t, 200*time.Millisecond, p)
+	assert.Equal(t, 1300*time.Millisecond, h)
+	// Clocks of different resolution never make a share negative.
+	g, h, p = cpuSplit(cpuMark{proc: time.Second}, cpuMark{proc: time.Second, guest: 10 * time.Millisecond})
+	assert.Equal(t, 10*time.Millisecond, g)
+	assert.Zero(t, h)
+	assert.Zero(t, p)
+}
+
+// TestConsoleLines: lines split across writes reach fn whole, in order; the tail
+// keeps the last lines; an endless line is bounded.
+func TestConsoleLines(t *testing.T) {
+	var got []string
+	c := &consoleLines{fn: func(l string) { got = append(got, l) }}
+	for _, w := range []string{"ptvmm-agent: re", "ady\r\nline 2\nli", "ne 3\n", "partial"} {
+		n, err := c.Write([]byte(w))
+		require.NoError(t, err)
+		assert.Equal(t, len(w), n)
+	}
+	assert.Equal(t, []string{"ptvmm-agent: ready", "line 2", "line 3"}, got)
+	assert.Contains(t, c.tail(), "line 3")
+	_, _ = c.Write([]byte(strings.Repeat("x", 10000)))
+	assert.LessOrEqual(t, len(c.part), 4096)
+	for i := range 100 {
+		_, _ = c.Write([]byte("n" + strings.Repeat("y", i%3) + "\n"))
+	}
+	assert.Len(t, c.last, consoleTail)
+}
+
+// TestLinuxCommands: a marker before each run, pktgen over ptnet or eth0, the
+// limits and addresses the far end expects.
+func TestLinuxCommands(t *testing.T) {
+	r := &runner{cfg: Config{Count: 300000}}
+	runs := []*linuxRun{{w: WorkloadTX, size: 60}, {w: WorkloadPingPong, size: 1514}}
+	cmds := strings.Split(strings.TrimSpace(r.linuxCommands(PathVirtioTap, runs)), "\n")
+	require.Len(t, cmds, 4)
+	assert.Equal(t, "/bin/ptvmm-agent echo ptvmm-bench: begin 0", cmds[0])
+	assert.Equal(t, "/bin/ptvmm-agent pktgen -iface eth0 -mode tx -size 60 -batch 512 -count 300000 -src 02:70:74:76:00:01 -dst 02:70:74:76:00:02 -drain 30s", cmds[1])
+	assert.Equal(t, "/bin/ptvmm-agent echo ptvmm-bench: begin 1", cmds[2])
+	assert.Contains(t, cmds[3], "-mode ping -size 1514 -count 100000 ", "ping-pong is capped at MaxRoundTrips")
+	r.cfg = Config{Duration: 2 * time.Second}
+	cmds = strings.Split(strings.TrimSpace(r.linuxCommands(PathPtnetPipe, runs)), "\n")
+	assert.True(t, strings.HasPrefix(cmds[1], "/bin/ptvmm-agent pktgen -mode tx -size 60 -batch 512 -duration 2s "), cmds[1])
+	assert.NotContains(t, strings.Join(cmds, "\n"), "-iface")
+}
+
+// TestLinuxRecord: a run's record comes from the guest's summary (frames, time,
+// kicks) and the far end's count (received), with drops the difference; a run
+// without its summary gives none.
+func TestLinuxRecord(t *testing.T) {
+	r := &runner{cfg: Config{Tier: TierLinux}, rep: &Report{Tier: TierLinux, Kernel: "k", Date: "d"}}
+	peer := newLinuxPeer(nil)
+	peer.byData[60].Store(1900)
+	sum, ok := pktgen.ParseSummary(pktgen.Result{Mode: pktgen.ModeTx, Frames: 2000, Bytes: 120000, Elapsed: 2 * time.Second, Kicks: 8, Irqs: 2}.Summary())
+	require.True(t, ok)
+	run := &linuxRun{w: WorkloadTX, size: 60, began: true, ended: true, sum: sum, data0: 100,
+		begin: cpuMark{proc: 0}, end: cpuMark{proc: time.Second, guest: 400 * time.Millisecond, peer: 100 * time.Millisecond}}
+	rec, ok := r.linuxRecord(PathPtnetSwitch, run, peer)
+	require.True(t, ok)
+	assert.Equal(t, uint64(2000), rec.Frames)
+	assert.Equal(t, uint64(1800), rec.Received)
+	assert.Equal(t, uint64(200), rec.Drops)
+	assert.InDelta(t, 0.0009, rec.Mpps, 1e-9)
+	assert.InDelta(t, 0.004, rec.KicksPerFrame, 1e-9)
+	assert.InDelta(t, 0.001, rec.IrqsPerFrame, 1e-9)
+	assert.InDelta(t, 200, rec.CPUGuest, 1e-6) // 0.4 s over 0.002 Mframes
+	assert.InDelta(t, 250, rec.CPUHost, 1e-6)
+	assert.Equal(t, TierLinux, rec.Tier)
+	// virtio: kicks unknown, interrupts from the device.
+	run.irq0, run.irq1 = 10, 30
+	rec, _ = r.linuxRecord(PathVirtioSwitch, run, peer)
+	assert.Zero(t, rec.KicksPerFrame)
+	assert.InDelta(t, 0.01, rec.IrqsPerFrame, 1e-9)
+	run.ended = false
+	_, ok = r.linuxRecord(PathPtnetSwitch, run, peer)
+	assert.False(t, ok)
+}
+
+// TestKeepFastest: per workload and size the faster run is kept, and every record
+// says how many boots there were.
+func TestKeepFastest(t *testing.T) {
+	a := []Record{{Workload: WorkloadTX, Size: 60, Mpps: 1}, {Workload: WorkloadTX, Size: 1514, Mpps: 2}}
+	b := []Record{{Workload: WorkloadTX, Size: 60, Mpps: 3}, {Workload: WorkloadTX, Size: 1514, Mpps: 1}, {Workload: WorkloadPingPong, Size: 60, Mpps: 0.1}}
+	got := keepFastest(keepFastest(nil, a, 1), b, 2)
+	require.Len(t, got, 3)
+	assert.Equal(t, 3.0, got[0].Mpps)
+	assert.Equal(t, 2.0, got[1].Mpps)
+	for _, r := range got {
+		assert.Equal(t, 2, r.Runs)
+	}
+}
