@@ -388,7 +388,7 @@ func (r *runner) limit(w Workload) string {
 }
 
 func (rec Record) brief() string {
-	s := fmt.Sprintf("%.3f Mpps, %.2f Gbit/s, %.5f kicks/frame, %.5f irqs/frame, %d drops", rec.Mpps, rec.Gbps, rec.KicksPerFrame, rec.IrqsPerFrame, rec.Drops)
+	s := fmt.Sprintf("%s Mpps, %s Gbit/s, %.5f kicks/frame, %.5f irqs/frame, %d drops", rate(rec.Mpps), rate(rec.Gbps), rec.KicksPerFrame, rec.IrqsPerFrame, rec.Drops)
 	if rec.LatencyP50 != nil && rec.LatencyP99 != nil {
 		s += fmt.Sprintf(", round trip p50 %.1f us p99 %.1f us", *rec.LatencyP50, *rec.LatencyP99)
 	}

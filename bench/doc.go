@@ -17,9 +17,31 @@
 // first region is a netmap region, one descriptor per netmap slot, kicks as eventfd
 // writes on the transport's doorbells (an ioeventfd's job), interrupts as MSI-X
 // vectors routed to eventfds (an irqfd's job); pktgen drives its rings unchanged.
-// So every path's host side is measured exactly as under KVM, on any machine. micro
-// and linux need /dev/kvm and are not implemented in this package yet: TierStatus
-// says so in one line, with what to run instead.
+// So every path's host side is measured exactly as under KVM, on any machine.
+//
+// micro (micro.go): a VM built by the vmm library with the path's NIC, whose vCPU
+// runs a long-mode micro guest at CPL3 (guest/micro: PtnetTX, the TX side of
+// netmap's ptnet driver; VirtqTX, the TX side of a virtio-net driver) at native
+// speed on any /dev/kvm, software KVM included. The host does the driver's probe
+// through the device registers; then no frame and no kick passes through Go on the
+// vCPU's side. The far end counts frames and grants the guest credit in its memory,
+// so nothing is dropped. Guest TX only.
+//
+// linux (linux.go): a Linux guest per path (the kernel `make kernel` caches; the
+// static agent as /init: vmrun passes itself), one vCPU, whose agent runs the
+// pktgen built-in per workload and size: over /dev/ptnet0 (guest module
+// ptvmm_ptnet) on the ptnet paths, over eth0 through a packet socket (pktgen
+// -iface, guest/pktgen's PacketPort) on the virtio-net paths. The far end counts
+// pktgen's data frames by size and answers pings; the guest's summary line says
+// what it sent. Guest TX and ping-pong. It needs VT-x/AMD-V: elsewhere `make
+// bench-linux` runs it inside the QEMU test host (e2e's TestBenchLinux checks it
+// there), where the emulated CPU is the limit and only the ratios mean anything.
+//
+// AutoTier picks the most faithful tier the host allows (linux, micro, process);
+// TierStatus says in one line why a tier cannot run here and what to do. In the
+// micro and linux tiers the guest's CPU is its vCPUs' time in guest mode (the
+// process's guest_time), the host's the rest of the process's CPU less the far
+// end's thread.
 //
 // Threads: on the 2-core machines this is built on, at most two threads are busy in
 // a run. For tx and rx the far end (receiver or generator) runs inside the driver's
@@ -46,6 +68,9 @@
 // The driver hands over up to 512 frames per sync (netmap pkt-gen's burst) on
 // every path. Each configuration runs Config.Repeat times (vmrun bench: 2) and the
 // fastest run is kept: other load on a shared machine only slows runs down.
+//
+// The report's JSON follows testdata/report.schema.json (ReportSchema;
+// ValidateReport checks a document against it).
 //
 // Concurrency: Run runs one benchmark at a time from the calling goroutine (it
 // starts and ends its own goroutines); a Report is plain data.

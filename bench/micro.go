@@ -337,7 +337,7 @@ func (r *runner) newMicroGuest(p Path, size int) (_ *microGuest, err error) {
 		if err != nil {
 			return nil, fmt.Errorf("bench: pipe: %w", err)
 		}
-		if err := g.ptnet(np, release, tmpl); err != nil {
+		if err := g.ptnet(np, release, tmpl, slave.RxRing(0)); err != nil {
 			return nil, err
 		}
 	case PathVirtioTap:
@@ -400,8 +400,10 @@ func (g *microGuest) mmioRead(addr uint64, size int) uint64 {
 
 // ptnet adds a ptnet NIC on np and does what netmap's guest driver does when an
 // application opens the port: CSB addresses, PTCTL CREATE (the host loop starts);
-// every TX buffer is given tmpl, so the guest only stamps sequence numbers.
-func (g *microGuest) ptnet(np *netmap.Port, release func() error, tmpl []byte) error {
+// every TX buffer is given tmpl, so the guest only stamps sequence numbers, and so
+// is every buffer of the rings in swapped: a pipe swaps buffers between the
+// guest's TX ring and its peer's RX ring instead of copying frames.
+func (g *microGuest) ptnet(np *netmap.Port, release func() error, tmpl []byte, swapped ...*netmap.Kring) error {
 	pd, err := g.vm.AddPtnet(0, vmm.PtnetNIC{Port: np, MAC: driverMAC, Release: release})
 	if err != nil {
 		_ = release()
@@ -426,12 +428,14 @@ func (g *microGuest) ptnet(np *netmap.Port, release func() error, tmpl []byte) e
 		return fmt.Errorf("bench: ptnet PTCTL CREATE failed (%d)", v)
 	}
 	k := np.TxRing(0)
-	for i := range k.NumSlots() {
-		buf := reg.Buf(k.SlotAt(i).BufIdx)
-		if len(buf) < len(tmpl) {
-			return fmt.Errorf("bench: ptnet TX slot %d has no buffer", i)
+	for _, kr := range append([]*netmap.Kring{k}, swapped...) {
+		for i := range kr.NumSlots() {
+			buf := reg.Buf(kr.SlotAt(i).BufIdx)
+			if len(buf) < len(tmpl) {
+				return fmt.Errorf("bench: %s slot %d has no buffer", kr.Name(), i)
+			}
+			copy(buf, tmpl)
 		}
-		copy(buf, tmpl)
 	}
 	bufSize := uint64(reg.BufSize())
 	if bits.OnesCount64(bufSize) != 1 {

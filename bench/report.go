@@ -5,8 +5,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"runtime"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 
@@ -105,8 +107,8 @@ func (rep *Report) WriteTable(w io.Writer) error {
 			if r.Partial {
 				mark = "*"
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%d\t%.3f%s\t%.3f\t%.3f\t%.3f\t%.3f\t%.5f\t%.5f\t%s\t%s\t%d\t\n",
-				r.Path, r.Workload, r.Size, r.Mpps, mark, r.Gbps, r.CPUGuest, r.CPUHost, r.CPUPeer,
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%s%s\t%s\t%.3f\t%.3f\t%.3f\t%.5f\t%.5f\t%s\t%s\t%d\t\n",
+				r.Path, r.Workload, r.Size, rate(r.Mpps), mark, rate(r.Gbps), r.CPUGuest, r.CPUHost, r.CPUPeer,
 				r.KicksPerFrame, r.IrqsPerFrame, p50, p99, r.Drops)
 		}
 		if err := tw.Flush(); err != nil {
@@ -132,10 +134,20 @@ func (rep *Report) WriteTable(w io.Writer) error {
 		fmt.Fprintln(bw, "ratio: none (needs virtio-tap and a ptnet path measured in this run)")
 	}
 	for _, r := range rep.Ratios {
-		fmt.Fprintf(bw, "ratio %s %d B: %s / virtio-tap = %.3f / %.3f Mpps = %.1fx\n",
-			r.Workload, r.Size, r.Passthrough, r.Mpps, r.TapMpps, r.Ratio)
+		fmt.Fprintf(bw, "ratio %s %d B: %s / virtio-tap = %s / %s Mpps = %.1fx\n",
+			r.Workload, r.Size, r.Passthrough, rate(r.Mpps), rate(r.TapMpps), r.Ratio)
 	}
 	return bw.Flush()
+}
+
+// rate formats a rate with three decimals, or three significant digits below 0.1
+// (the linux tier in the QEMU test host measures thousandths of a Mpps).
+func rate(v float64) string {
+	d := 3
+	if v > 0 && v < 0.1 {
+		d = min(2-int(math.Floor(math.Log10(v))), 9)
+	}
+	return strconv.FormatFloat(v, 'f', d, 64)
 }
 
 // WriteJSON writes the report as indented JSON.

@@ -187,3 +187,9 @@ func TestKeepFastest(t *testing.T) {
 		assert.Equal(t, 2, r.Runs)
 	}
 }
+
+func TestRateFormat(t *testing.T) {
+	for v, want := range map[float64]string{0: "0.000", 13.2184: "13.218", 0.5: "0.500", 0.0123456: "0.0123", 0.000342: "0.000342", 0.1: "0.100", 1e-12: "0.000000000"} {
+		assert.Equal(t, want, rate(v), "%g", v)
+	}
+}
