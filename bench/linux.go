@@ -118,6 +118,12 @@ func (r *runner) runLinux(ctx context.Context) {
 				failed = err
 				break
 			}
+			if err != nil && len(recs) == 0 && ctx.Err() == nil {
+				// A guest that crashed before any result (nested virtualization under
+				// emulation does, now and then) is booted once more.
+				r.cfg.progress("bench: %s: %v: booting again once", p, err)
+				recs, err = r.linuxBoot(ctx, p, agent, idx, total)
+			}
 			if err != nil {
 				failed = err
 				if len(recs) == 0 {
@@ -299,18 +305,27 @@ func (r *runner) linuxBoot(ctx context.Context, p Path, agent string, idx, total
 		recs = append(recs, rec)
 	}
 	status, hasStatus := g.watch.ExitStatus()
+	var why string
 	switch {
 	case g.peer.err != nil:
 		return recs, fmt.Errorf("far end: %w", g.peer.err)
 	case ctx.Err() != nil:
 		return recs, nil // Ctrl-C: the runs that finished are kept
 	case runErr != nil:
-		return recs, fmt.Errorf("guest: %w; last console lines:\n%s", runErr, g.console.tail())
-	case missing > 0 || !hasStatus || status != 0:
-		return recs, fmt.Errorf("guest: %d of %d runs without a result (agent exit status %d, reported: %v); last console lines:\n%s",
-			missing, len(runs), status, hasStatus, g.console.tail())
+		why = fmt.Sprintf("guest: %v", runErr)
+	case missing == 0 && hasStatus && status == 0:
+		return recs, nil
+	case hasStatus:
+		why = fmt.Sprintf("the guest's pktgen failed (agent exit status %d)", status)
+	default:
+		why = "the guest ended without the agent's exit status"
 	}
-	return recs, nil
+	if msg, ok := g.watch.Panic(); ok {
+		why = "the guest kernel panicked: " + msg
+	}
+	// One line for the note; the console for whoever reads the progress.
+	r.cfg.progress("bench: %s: %s; last console lines:\n%s", p, why, g.console.tail())
+	return recs, fmt.Errorf("%s; %d of %d runs without a result", why, missing, len(runs))
 }
 
 // linuxRecord turns a finished run into a Record; false when it did not finish.

@@ -297,6 +297,11 @@ func (g *gen) tx() error {
 	t, r := g.c.Tx, g.c.Tx.Ring()
 	var seq uint64
 	for g.remaining(g.res.Frames) > 0 {
+		// Checked every batch: a ring that never fills would never reach the
+		// check in txSpace.
+		if g.stopped(time.Now()) {
+			break
+		}
 		ok, err := g.txSpace(t)
 		if err != nil || !ok {
 			return g.drain(err)
