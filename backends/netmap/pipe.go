@@ -137,54 +137,76 @@ func (rk *Kring) pipeReserve(n uint32) (l Lease, closed bool, err error) {
 // and how many RX slots it filled. Every slot is read once; buffer indices from
 // either ring are checked before they are swapped.
 func pipeMove(tk, rk *Kring, lease Lease, end uint32) (t, used uint32) {
+	tn, rn := tk.num, rk.num
+	ts := tk.slots()
+	rs := rk.slots()
+	t = tk.hwcur
+	r := lease.Start
+	space := lease.N
+	for t != end {
+		// One-slot frames, the common case, in runs that wrap in neither ring.
+		if k := min(space, tk.dist(t, end), tn-t, rn-r); k > 0 {
+			to, ro := uint64(t)*SlotSize, uint64(r)*SlotSize
+			n := pipeRun(tk, ts[to:to+uint64(k)*SlotSize], rs[ro:ro+uint64(k)*SlotSize])
+			if t += n; t == tn {
+				t = 0
+			}
+			if r += n; r == rn {
+				r = 0
+			}
+			space -= n
+			used += n
+			if n == k {
+				continue
+			}
+		}
+		if t == end {
+			break
+		}
+		o := uint64(t) * SlotSize
+		if binary.LittleEndian.Uint16(ts[o+SlotFlagsOff:])&NSMoreFrag == 0 {
+			return t, used // a one-slot frame and no room for it
+		}
+		var ok bool
+		if t, r, space, used, ok = pipeChain(tk, rk, ts, rs, t, r, end, space, used); !ok {
+			return t, used
+		}
+	}
+	return t, used
+}
+
+// pipeRun swaps one-slot frames from the TX slots tr into the RX slots rr (runs of
+// equal length) until a TX slot has NS_MOREFRAG, and returns how many it swapped.
+// Per slot: one 8-byte load of the TX slot (buf_idx | len<<32 | flags<<48), the RX
+// buf_idx, then four stores, the fewest that leave both slots as pipeSwap does.
+func pipeRun(tk *Kring, tr, rr []byte) uint32 {
+	le := binary.LittleEndian
 	reg := tk.reg
 	bufSize := reg.BufSize()
 	// Valid buffers are [ReservedBufs, NumBufs): one unsigned compare of idx-lo.
 	lo, nvalid := uint32(ReservedBufs), reg.NumBufs()-ReservedBufs
-	tn, rn := tk.num, rk.num
-	ts := tk.mem[tk.off+RingSlotsOff : tk.off+RingSlotsOff+uint64(tn)*SlotSize]
-	rs := rk.mem[rk.off+RingSlotsOff : rk.off+RingSlotsOff+uint64(rn)*SlotSize]
-	le := binary.LittleEndian
-	t = tk.hwcur
-	r := lease.Start
-	space := lease.N
 	const changed = uint64(NSBufChanged) << 48
-	for t != end {
-		to, ro := uint64(t)*SlotSize, uint64(r)*SlotSize
-		tsl := ts[to : to+SlotSize : to+SlotSize]
-		tw := le.Uint64(tsl) // buf_idx | len<<32 | flags<<48, read once
+	n := uint32(0)
+	for o := 0; o+SlotSize <= len(tr) && o+SlotSize <= len(rr); o += SlotSize {
+		ts := (*[SlotSize]byte)(tr[o : o+SlotSize])
+		rs := (*[SlotSize]byte)(rr[o : o+SlotSize])
+		tw := le.Uint64(ts[:8]) // read once
 		if uint16(tw>>48)&NSMoreFrag != 0 {
-			var ok bool
-			if t, r, space, used, ok = pipeChain(tk, rk, ts, rs, t, r, end, space, used); !ok {
-				return t, used
-			}
-			continue
+			break
 		}
-		// A one-slot frame: the common case, inline.
-		if space == 0 {
-			return t, used
-		}
-		rsl := rs[ro : ro+SlotSize : ro+SlotSize]
-		rbuf := le.Uint32(rsl)
-		tbuf, tlen := uint32(tw), uint32(tw>>32)&0xffff
-		if tbuf-lo < nvalid && rbuf-lo < nvalid && tlen <= bufSize {
-			le.PutUint64(rsl, tw|changed)
-			le.PutUint64(rsl[8:], le.Uint64(tsl[8:])) // ptr
-			le.PutUint64(tsl, uint64(rbuf)|uint64(tlen)<<32|changed)
+		rbuf := le.Uint32(rs[:4])
+		if uint32(tw)-lo < nvalid && rbuf-lo < nvalid && uint32(tw>>32)&0xffff <= bufSize {
+			le.PutUint64(rs[:8], tw|changed)
+			le.PutUint64(rs[8:], le.Uint64(ts[8:])) // ptr
+			le.PutUint32(ts[:4], rbuf)              // len stays
+			le.PutUint16(ts[SlotFlagsOff:], NSBufChanged)
 		} else {
 			tk.badSlots.Add(1)
-			le.PutUint32(rsl[4:], 0) // len 0, no flags; both buffers stay
+			le.PutUint32(rs[4:8], 0) // len 0, no flags; both buffers stay
 		}
-		if t++; t == tn {
-			t = 0
-		}
-		if r++; r == rn {
-			r = 0
-		}
-		space--
-		used++
+		n++
 	}
-	return t, used
+	return n
 }
 
 // pipeChain moves (or drops) the MOREFRAG chain at TX slot t, the slow path of
