@@ -21,6 +21,13 @@ const (
 	CSBHwCurOff        = 0 // u32 hwcur
 	CSBHwTailOff       = 4 // u32 hwtail
 	CSBKernNeedKickOff = 8 // u32 kern_need_kick: the host wants kicks
+	// CSBKickGenOff is a ptvmm extension in the ktoa padding (SPECS 3.4 pad[13]),
+	// which netmap's guests never read: a host loop writes a new non-zero value
+	// here before each kern_need_kick = 1, so a driver can tell "the host has not
+	// asked again since my kick" from "it ran and asked again", and skip the
+	// repeated kicks netmap's guests send while the host wakes up. 0 = the host
+	// does not provide it (a driver then kicks as netmap's guest does).
+	CSBKickGenOff = 12
 
 	// MaxCSBRings bounds the rings of one CSB: the Linux ptnet driver refuses more
 	// than 64, and 64 entries fill one page per array.
@@ -140,8 +147,16 @@ func (c *CSB) SetKernNeedKick(i int, v uint32) {
 	store32(c.ktoa, c.off(i, CSBKernNeedKickOff), v)
 }
 
+// KickGen loads ktoa[i]'s kick generation (CSBKickGenOff; 0: not provided).
+func (c *CSB) KickGen(i int) uint32 { return load32(c.ktoa, c.off(i, CSBKickGenOff)) }
+
+// SetKickGen stores ktoa[i]'s kick generation: the host, before each
+// SetKernNeedKick(i, 1), with a value it never used on that CSB before.
+func (c *CSB) SetKickGen(i int, v uint32) { store32(c.ktoa, c.off(i, CSBKickGenOff), v) }
+
 // InitCSB writes the CSB from the krings' state, as ptnet's PTCTL CREATE must (SPECS
-// 3.8): per ring atok head = cur = hwcur, ktoa hwcur and hwtail, kern_need_kick = 1;
+// 3.8): per ring atok head = cur = hwcur, ktoa hwcur and hwtail, kern_need_kick = 1
+// (with kick generation 0: a driver kicks until the host loop writes one);
 // appl_need_kick and sync_flags stay as the guest wrote them. TX slots still pending
 // in the backend from a previous session are taken back (Kring.TxRetract), so the
 // state published is a consistent one. CSB rings are the port's
@@ -162,6 +177,7 @@ func InitCSB(p *Port, c *CSB) error {
 		// Reading the ring later must see a consistent pair: publish ktoa first,
 		// then atok (the guest loads both after PTCTL returns).
 		c.SetHwCurTail(i, st.HwCur, st.HwTail)
+		c.SetKickGen(i, 0)
 		c.SetKernNeedKick(i, 1)
 		c.SetHeadCur(i, st.HwCur, st.HwCur)
 	}

@@ -73,7 +73,7 @@
 //
 // CSB (csb.go): NewCSB(atok, ktoa, n) over two byte slices (guest pages, or Go memory),
 // 64-byte entries: atok {head, cur, appl_need_kick, sync_flags} written by the app,
-// ktoa {hwcur, hwtail, kern_need_kick} written by the host. Every field access is a
+// ktoa {hwcur, hwtail, kern_need_kick, kick generation (ptvmm)} written by the host. Every field access is a
 // 32-bit atomic; values read are checked by whoever uses them. InitCSB(port, csb) is
 // PTCTL CREATE's write: head = cur = hwcur, hwtail, kern_need_kick = 1 per ring (TX
 // slots an earlier session left pending in the backend are taken back first, so the
@@ -148,10 +148,16 @@
 // is a store to KICK(i) in BAR0 (or an ioctl), Wait a read on the device node.
 // EventFDKick and EventFDWait make both from eventfds for in-process use.
 //
-// While the host wakes from a first kick, kern_need_kick is still set and every sync
-// kicks again, as netmap's guest does: leaving those out would need a host run
-// counter the protocol lacks (a host run that found nothing new leaves hwcur as it
-// was, so hwcur cannot tell "not run yet" from "ran").
+// While the host wakes from a first kick, kern_need_kick is still set and netmap's
+// guest kicks again on every sync: a host run that found nothing new leaves hwcur as
+// it was, so nothing in the protocol tells "not run yet" from "ran and asked again".
+// The host loop here adds that: a kick generation in the ktoa padding
+// (CSBKickGenOff, never read by netmap's guests), a new non-zero value written
+// before every kern_need_kick = 1. The driver skips a kick when the generation is
+// the one its last kick answered (that kick's run clears kern_need_kick, then reads
+// atok: it sees the new head); generation 0 (InitCSB, or a host that writes none)
+// means kick as netmap does. A kick skipped that way is paid before Wait sleeps, so a
+// generation that comes round again costs a kick, never a hang.
 //
 // Local (driver.go): StartLocal(port, mode) or StartLocalConfig(port, LocalConfig)
 // puts a port behind a CSB in Go memory, eventfd doorbells and interrupts, its host

@@ -67,6 +67,10 @@ type DriverRing struct {
 	// last read from ktoa.
 	rhead, rcur   uint32
 	hwcur, hwtail uint32
+	// kickGen is the host's kick generation our last kick answered (0: none, or
+	// a host that writes none); skipped says a sync left out a kick since.
+	kickGen uint32
+	skipped bool
 
 	syncs, kicks, waits, irqs, reinits, errs atomic.Uint64
 }
@@ -208,13 +212,16 @@ func (r *DriverRing) Sync(flags SyncFlags) error {
 		c.SetApplNeedKick(i, 0)
 	}
 	kick, force := false, false
+	var gen uint32
 	if r.dir == TX {
 		if hwcur := c.HwCur(i); hwcur < r.num {
 			r.hwcur = hwcur
 		}
 		r.publish(head, cur)
 		txempty := r.rhead == r.hwtail
-		kick = (r.rhead != r.hwcur || txempty) && r.hostWantsKick()
+		if r.rhead != r.hwcur || txempty {
+			kick, gen = r.hostWantsKick()
+		}
 		force = flags&ForceReclaim != 0
 		if txempty || force {
 			r.readKtoa()
@@ -222,21 +229,40 @@ func (r *DriverRing) Sync(flags SyncFlags) error {
 	} else {
 		r.readKtoa()
 		r.publish(head, cur)
-		kick = r.rhead != r.hwcur && r.hostWantsKick()
+		if r.rhead != r.hwcur {
+			kick, gen = r.hostWantsKick()
+		}
 	}
 	r.setTail(r.hwtail)
 	if kick || force {
 		c.SetSyncFlags(i, flags)
-		return r.kick()
+		return r.kick(gen)
 	}
 	return nil
 }
 
-// hostWantsKick reads kern_need_kick. While the host is waking up from a first kick
-// it is still set, and netmap's guest kicks again on every sync meanwhile; so do we:
-// skipping is unsafe without a host run counter the protocol does not have (a host
-// run that found nothing new leaves hwcur where it was).
-func (r *DriverRing) hostWantsKick() bool { return r.csb.KernNeedKick(r.idx) != 0 }
+// hostWantsKick reads kern_need_kick and, when it is set, the kick generation
+// (CSBKickGenOff), and says whether to kick. While the host wakes up from a kick,
+// kern_need_kick is still set, and netmap's guest kicks again on every sync
+// meanwhile: a host run that found nothing new leaves hwcur where it was, so
+// nothing else tells "not run yet" from "ran and asked again". The generation
+// does: the host writes a new one before every kern_need_kick = 1. If it is the
+// one our last kick answered, the host has not asked again since; the run that
+// kick causes starts by clearing kern_need_kick (after our load) and then reads
+// atok, so it sees this sync's head: no kick needed. Generation 0 (a host that
+// writes none): kick, as netmap's guest does. gen is what to remember if we kick.
+func (r *DriverRing) hostWantsKick() (kick bool, gen uint32) {
+	if r.csb.KernNeedKick(r.idx) == 0 {
+		return false, 0
+	}
+	// Loaded after kern_need_kick: the host stores the generation before it.
+	gen = r.csb.KickGen(r.idx)
+	if gen != 0 && gen == r.kickGen {
+		r.skipped = true
+		return false, gen
+	}
+	return true, gen
+}
 
 // publish writes (cur, head) to atok when they changed: slot writes the user made
 // before are ordered before the head store (Go atomics), as netmap's wmb.
@@ -247,12 +273,14 @@ func (r *DriverRing) publish(head, cur uint32) {
 	}
 }
 
-func (r *DriverRing) kick() error {
+// kick rings the doorbell; gen is the kick generation it answers (0: unknown).
+func (r *DriverRing) kick(gen uint32) error {
 	r.kicks.Add(1)
 	if err := r.d.cfg.Kick(r.idx); err != nil {
 		r.errs.Add(1)
 		return fmt.Errorf("netmap: driver %s ring %d: kick: %w", r.dir, r.idx, err)
 	}
+	r.kickGen, r.skipped = gen, false
 	return nil
 }
 
@@ -313,6 +341,18 @@ func (r *DriverRing) Wait(timeout time.Duration) (bool, error) {
 		if left == 0 {
 			c.SetApplNeedKick(i, 0)
 			return false, nil
+		}
+		if r.skipped {
+			// Kicks skipped on the generation rule are owed before sleeping: a
+			// generation that came round again (2^32 host arms between two of
+			// our syncs) must cost a kick, never a hang.
+			if c.KernNeedKick(i) != 0 {
+				if err := r.kick(c.KickGen(i)); err != nil {
+					c.SetApplNeedKick(i, 0)
+					return false, err
+				}
+			}
+			r.skipped = false
 		}
 		r.waits.Add(1)
 		if r.d.cfg.Wait == nil {

@@ -140,7 +140,7 @@ func StartKloop(cfg KloopConfig) (*Kloop, error) {
 	if cfg.Mode == notify.Poll {
 		// A polling loop never asks for kicks (CREATE set kern_need_kick = 1).
 		for _, r := range l.rings {
-			l.setKick(r, 0)
+			l.clearKick(r)
 		}
 	}
 	if l.wake, err = notify.NewEventFD(); err != nil {
@@ -346,7 +346,7 @@ func (l *Kloop) armAll() bool {
 			continue
 		}
 		if r.tx || r.hwtail == prevSlot(c.Head(r.i), r.num) {
-			c.SetKernNeedKick(r.i, 1)
+			l.armKick(r)
 		}
 	}
 	l.sleeping.Store(1)
@@ -392,12 +392,29 @@ func (l *Kloop) runRing(r *kloopRing, arm bool) (work, more bool) {
 	return l.runRx(r, arm)
 }
 
-// setKick writes kern_need_kick only when it changes: the ktoa line is shared with
-// the app, and a store there costs a cache-line transfer the app then pays for.
-func (l *Kloop) setKick(r *kloopRing, v uint32) {
-	if l.csb.KernNeedKick(r.i) != v {
-		l.csb.SetKernNeedKick(r.i, v)
+// clearKick writes kern_need_kick = 0 only when it is set: the ktoa line is shared
+// with the app, and a store there costs a cache-line transfer the app then pays for.
+func (l *Kloop) clearKick(r *kloopRing) {
+	if l.csb.KernNeedKick(r.i) != 0 {
+		l.csb.SetKernNeedKick(r.i, 0)
 	}
+}
+
+// kickGens hands out kick generations (CSBKickGenOff) process-wide, never 0, so
+// that no ring's arm reuses one until 2^32 arms have passed.
+var kickGens atomic.Uint32
+
+// armKick asks the app for kicks: a new kick generation, then kern_need_kick = 1
+// (a full barrier; the caller re-reads atok after it, the double check). The
+// generation comes first, so an app that sees the new kern_need_kick also sees
+// the new generation, and a kick it sent for an earlier arm does not count.
+func (l *Kloop) armKick(r *kloopRing) {
+	g := kickGens.Add(1)
+	if g == 0 {
+		g = kickGens.Add(1)
+	}
+	l.csb.SetKickGen(r.i, g)
+	l.csb.SetKernNeedKick(r.i, 1)
 }
 
 // publish writes hwcur then hwtail to ktoa (SPECS 3.6 writer order; the slot writes
@@ -450,14 +467,14 @@ func (l *Kloop) sync(r *kloopRing, head, cur uint32, flags SyncFlags) (hwcur, hw
 	l.publish(r, hwcur, hwtail)
 	r.hwtail = hwtail
 	if l.kicks {
-		l.setKick(r, 1)
+		l.armKick(r)
 	}
 	return hwcur, hwtail, false
 }
 
 func (l *Kloop) runTx(r *kloopRing, arm bool) (work, more bool) {
 	c := l.csb
-	l.setKick(r, 0) // running: no kicks needed
+	l.clearKick(r) // running: no kicks needed
 	// Reader order (SPECS 3.6): head, then cur and sync_flags; every later slot read
 	// (in the backend's sync) is ordered after these atomic loads.
 	head, cur, flags := c.ReadAtok(r.i)
@@ -497,7 +514,7 @@ func (l *Kloop) runTx(r *kloopRing, arm bool) (work, more bool) {
 			// the app stores head before loading kern_need_kick, we store
 			// kern_need_kick before loading head, so either it sees the flag and
 			// kicks or we see its head.
-			c.SetKernNeedKick(r.i, 1)
+			l.armKick(r)
 			head, cur, flags = c.ReadAtok(r.i)
 			if head != r.rhead {
 				c.SetKernNeedKick(r.i, 0)
@@ -519,7 +536,7 @@ func (l *Kloop) runTx(r *kloopRing, arm bool) (work, more bool) {
 
 func (l *Kloop) runRx(r *kloopRing, arm bool) (work, more bool) {
 	c := l.csb
-	l.setKick(r, 0)
+	l.clearKick(r)
 	head, cur, flags := c.ReadAtok(r.i)
 	dry := 0
 	recvd := false
@@ -554,7 +571,7 @@ func (l *Kloop) runRx(r *kloopRing, arm bool) (work, more bool) {
 			if !arm {
 				break
 			}
-			c.SetKernNeedKick(r.i, 1)
+			l.armKick(r)
 			head, cur, flags = c.ReadAtok(r.i)
 			if hwtail != prevSlot(head, r.num) {
 				c.SetKernNeedKick(r.i, 0)
