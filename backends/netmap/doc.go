@@ -168,7 +168,10 @@
 // batches, drains the receiving end itself (a switch port's RX ring, or the pipe's
 // other end), so only two threads are busy: it and the host loop's worker. Reported:
 // Mpps, kicks and interrupts per frame, and CPU ns per frame of the loop thread and
-// of the rest (load-independent where Mpps is not, on a shared machine).
+// of the rest (load-independent where Mpps is not, on a shared machine; in the spin
+// layout both threads poll, so there they follow wall time). BenchmarkDatapath runs
+// driver, SyncCSB and receiver in turn on one goroutine: the datapath's CPU cost per
+// frame without threads, wake-ups or cache-line transfers between cores.
 //
 // Trust: the kernel side never takes geometry (slot counts, buffer size, offsets) from
 // region memory, and checks every index and length it reads there, so a ring's user
