@@ -219,7 +219,8 @@ func (p *Port) teardown() {
 		r.freeBufChain(head)
 		r.freeObj(&r.if_, p.nifp)
 	}
-	p.tx, p.rx = nil, nil
+	// The krings stay, closed (their syncs return ErrClosed): readers such as a
+	// switch's port listing may still walk them, without a lock, while we close.
 	_ = r.Close()
 	p.reg = nil
 }
