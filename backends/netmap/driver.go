@@ -299,9 +299,9 @@ func (r *DriverRing) Ready() (bool, error) {
 // passes (negative: no timeout; zero: check once), and reports which. It syncs, and
 // when still blocked arms interrupts (appl_need_kick = 1), re-reads ktoa after that
 // full barrier (the host stores hwtail then loads appl_need_kick; we store
-// appl_need_kick then load hwtail: one of us sees the other), and only then waits in
-// Config.Wait (or polls ktoa when Wait is nil). A Sync follows every wake-up, which
-// also disarms interrupts.
+// appl_need_kick then load hwtail: one of us sees the other), sends a kick a sync
+// skipped on the kick-generation rule, and only then waits in Config.Wait (or polls
+// ktoa when Wait is nil). A Sync follows every wake-up, which also disarms interrupts.
 func (r *DriverRing) Wait(timeout time.Duration) (bool, error) {
 	var deadline time.Time
 	if timeout > 0 {
