@@ -103,6 +103,11 @@ type PairStats struct {
 	// frame (no writable bytes; without mergeable buffers, fewer than a header and an
 	// Ethernet header).
 	RxBadBuffers uint64
+	// TxKicks and RxKicks are the notifications the TX and RX queues received: each
+	// driver doorbell write is one (under KVM an ioeventfd signal), counted when the
+	// worker reads the queue's eventfd. A driver told to poll (notifications
+	// suppressed) rings less, so these fall.
+	TxKicks, RxKicks uint64
 }
 
 // Device is a virtio-net device model (virtio.Device).
@@ -137,6 +142,7 @@ type pairCounters struct {
 	txPackets, txBytes, txDropped, txGSO  atomic.Uint64
 	rxPackets, rxBytes, rxDropped, rxGSO  atomic.Uint64
 	rxNoBuffers, interrupts, rxBadBuffers atomic.Uint64
+	txKicks, rxKicks                      atomic.Uint64
 }
 
 // New creates the device. Attach it to a transport with SetTransport.
@@ -264,6 +270,7 @@ func (d *Device) Stats() []PairStats {
 			TxPackets: c.txPackets.Load(), TxBytes: c.txBytes.Load(), TxDropped: c.txDropped.Load(), TxGSO: c.txGSO.Load(),
 			RxPackets: c.rxPackets.Load(), RxBytes: c.rxBytes.Load(), RxDropped: c.rxDropped.Load(), RxGSO: c.rxGSO.Load(),
 			RxNoBuffers: c.rxNoBuffers.Load(), Interrupts: c.interrupts.Load(), RxBadBuffers: c.rxBadBuffers.Load(),
+			TxKicks: c.txKicks.Load(), RxKicks: c.rxKicks.Load(),
 		}
 	}
 	return out

@@ -78,8 +78,10 @@ type pair struct {
 	// watched edge-triggered, so it stays set when RX stops for lack of guest
 	// buffers: the RX queue's kick then resumes draining.
 	rxReady    bool
-	readySrc   int // the worker's source index of the port fd; -1: none
-	roomSrc    int // ... of the port's RoomFD; -1: none
+	readySrc   int    // the worker's source index of the port fd; -1: none
+	roomSrc    int    // ... of the port's RoomFD; -1: none
+	rxSrcs     [2]int // ... of the RX queue's kicks: [first, end)
+	txSrcs     [2]int // ... of the TX queue's kicks: [first, end)
 	alwaysRead bool
 	// txBlocked: a RoomPort took nothing; TX waits for its RoomFD.
 	txBlocked bool
@@ -113,12 +115,16 @@ func (p *pair) start() (err error) {
 		// Look at everything once: the driver may have filled the queues before its
 		// kicks were bound, and frames may be waiting on the port already.
 		Init: p.first,
-		Handler: func(src int, _ uint64) {
-			switch src {
-			case p.readySrc:
+		Handler: func(src int, kicks uint64) {
+			switch {
+			case src == p.readySrc:
 				p.rxReady = true
-			case p.roomSrc:
+			case src == p.roomSrc:
 				p.txBlocked = false
+			case src >= p.rxSrcs[0] && src < p.rxSrcs[1]:
+				p.st.rxKicks.Add(kicks)
+			case src >= p.txSrcs[0] && src < p.txSrcs[1]:
+				p.st.txKicks.Add(kicks)
 			}
 			p.pass()
 		},
@@ -141,11 +147,21 @@ func (p *pair) start() (err error) {
 		srcs = append(srcs, p.ctrl.Kicks...)
 	}
 	srcs = append(srcs, p.again)
-	for _, s := range srcs {
-		if _, err := p.worker.Add(s); err != nil {
+	first := 0
+	for i, s := range srcs {
+		idx, err := p.worker.Add(s)
+		if err != nil {
 			return fail(err)
 		}
+		if i == 0 {
+			first = idx
+		}
 	}
+	// The queues' kick sources, for the kick counters: the worker numbers sources
+	// in the order they were added, RX's kicks first, then TX's.
+	nrx, ntx := len(p.rx.Kicks), len(p.tx.Kicks)
+	p.rxSrcs = [2]int{first, first + nrx}
+	p.txSrcs = [2]int{first + nrx, first + nrx + ntx}
 	// The worker waits on the port itself; without a readiness fd the port must be
 	// polled on every wakeup.
 	p.alwaysRead = p.port.ReadyFD() < 0
