@@ -14,7 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-const pktgenUsage = "pktgen [-dev /dev/ptnetN] [-iface IFACE] [-mode tx|rx|ping|pong] [-size B] [-batch N] [-count N] [-duration D] [-rate FPS] [-ring I] [-uncached] [-vnet-hdr] (pktgen -h: all flags)"
+const pktgenUsage = "pktgen [-dev /dev/ptnetN] [-iface IFACE] [-mode tx|rx|ping|pong] [-size B] [-batch N] [-count N] [-duration D] [-rate FPS] [-ack N] [-ring I] [-uncached] [-vnet-hdr] (pktgen -h: all flags)"
 
 // runPktgen is the pktgen built-in: guest/pktgen over a ptnet NIC through
 // guest/ptnet (the ptvmm_ptnet module must be loaded), so a guest needs no
@@ -85,6 +85,9 @@ func pktgenRun(d *ptnet.Device, cfg pktgen.Config, ring int, s stdio) int {
 		cfg.Rx = rx
 		vecs = append(vecs, rx.Index())
 	}
+	if cfg.AckEvery > 0 {
+		cfg.Ack = tx // rx's acks to the sender; their interrupts are not counted
+	}
 	cfg.HdrLen = d.VnetHdrLen()
 	// The MSI-X counts the module took, rather than the driver's wake-ups.
 	cfg.Irqs = func() uint64 {
@@ -142,6 +145,9 @@ func pktgenPacket(name string, cfg pktgen.Config, s stdio) int {
 	}
 	if cfg.Mode != pktgen.ModeTx {
 		cfg.Rx = p.RxRing()
+	}
+	if cfg.AckEvery > 0 {
+		cfg.Ack = p.TxRing()
 	}
 	mac, mtu := "", 0
 	if ifi, err := net.InterfaceByName(name); err == nil {

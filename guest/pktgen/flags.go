@@ -21,6 +21,7 @@ type Flags struct {
 	RoundTimeout time.Duration
 	Idle         time.Duration
 	Drain        time.Duration
+	Ack          int
 }
 
 // Register adds the flags to fs.
@@ -36,6 +37,7 @@ func (f *Flags) Register(fs *flag.FlagSet) {
 	fs.DurationVar(&f.RoundTimeout, "round-timeout", time.Second, "ping: how long to wait for one echo")
 	fs.DurationVar(&f.Idle, "idle", 0, "rx, pong: stop after this long without a frame, once one came; 0: never")
 	fs.DurationVar(&f.Drain, "drain", 2*time.Second, "tx: how long to wait at the end for the ring to drain")
+	fs.IntVar(&f.Ack, "ack", 0, "rx: tell the sender (-dst) how far rx got every N frames and before waiting, on the TX ring, for a sender that keeps a window in flight; 0: never")
 }
 
 // Config builds the Config the flags describe (without rings).
@@ -49,6 +51,10 @@ func (f *Flags) Config() (Config, error) {
 	if f.Batch < 1 {
 		return Config{}, fmt.Errorf("pktgen: batch %d: want at least 1", f.Batch)
 	}
+	if f.Ack < 0 || (f.Ack > 0 && m != ModeRx) {
+		return Config{}, fmt.Errorf("pktgen: -ack %d: want 0, or a count of frames with -mode rx", f.Ack)
+	}
+	c.AckEvery = f.Ack
 	if c.Src, err = parseMAC("src", f.Src); err != nil {
 		return Config{}, err
 	}

@@ -31,6 +31,7 @@ const (
 	KindData Kind = 1 // tx -> rx
 	KindPing Kind = 2 // ping -> pong
 	KindPong Kind = 3 // pong -> ping
+	KindAck  Kind = 4 // rx -> tx: how far rx got (Config.Ack)
 )
 
 // Broadcast is the default destination: a switch floods it to every port.

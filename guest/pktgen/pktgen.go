@@ -73,6 +73,14 @@ type Config struct {
 	// Idle ends an rx or pong run after that long without a frame, once a
 	// frame came (0: no limit).
 	Idle time.Duration
+	// Ack (rx), when set, is a TX ring on which rx tells the sender how far it
+	// got, so that a sender keeping a window in flight measures the path's rate,
+	// not its losses: a KindAck frame to Dst whose sequence number is the next
+	// one rx expects (frames lost on the way are behind it) and whose stamp is
+	// the frames received, sent when AckEvery frames (default 64) came since the
+	// last one and when rx is about to wait. Its counters are not the run's.
+	Ack      Ring
+	AckEvery int
 	// Drain is how long tx waits at the end for the host to take the frames
 	// still in the ring (default 2s).
 	Drain time.Duration
@@ -86,6 +94,7 @@ var errStop = errors.New("pktgen: run ended")
 
 const (
 	defaultBatch = 256
+	defaultAck   = 64
 	waitSlice    = 50 * time.Millisecond
 )
 
@@ -108,6 +117,9 @@ func (c Config) normalize() (Config, error) {
 	if c.Drain <= 0 {
 		c.Drain = 2 * time.Second
 	}
+	if c.AckEvery <= 0 {
+		c.AckEvery = defaultAck
+	}
 	switch {
 	case c.Mode < ModeTx || c.Mode > ModePong:
 		return c, fmt.Errorf("pktgen: unknown %v", c.Mode)
@@ -119,6 +131,10 @@ func (c Config) normalize() (Config, error) {
 		return c, fmt.Errorf("pktgen: frame size %d outside %d..%d", c.FrameSize, MinFrameSize, MaxFrameSize)
 	case c.HdrLen != 0 && c.HdrLen != 12:
 		return c, fmt.Errorf("pktgen: virtio-net header of %d bytes: want 0 or 12", c.HdrLen)
+	case c.Ack != nil && c.Mode != ModeRx:
+		return c, fmt.Errorf("pktgen: %v sends no acks (rx does)", c.Mode)
+	case c.Ack != nil && c.HdrLen+MinFrameSize > int(c.Ack.Ring().BufSize()):
+		return c, fmt.Errorf("pktgen: an ack (%d B + %d B header) does not fit a %d-B buffer", MinFrameSize, c.HdrLen, c.Ack.Ring().BufSize())
 	case c.Rate < 0:
 		return c, fmt.Errorf("pktgen: rate %v below 0", c.Rate)
 	}
@@ -140,6 +156,8 @@ type gen struct {
 	res      Result
 	lat      latencies
 	seq      seqTracker
+	ackTmpl  []byte // rx with Ack: the ack frame
+	acked    uint64 // rx with Ack: the sequence number the last ack said
 }
 
 // Run runs cfg until its Count, Duration or ctx ends it and returns what it
@@ -156,6 +174,9 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 		kind = KindPing
 	}
 	g.tmpl = Template(c.FrameSize, c.HdrLen, c.Dst, c.Src, kind)
+	if c.Ack != nil {
+		g.ackTmpl = Template(MinFrameSize, c.HdrLen, c.Dst, c.Src, KindAck)
+	}
 	before := g.counters()
 	g.start = time.Now()
 	if c.Duration > 0 {
@@ -422,6 +443,12 @@ func (g *gen) rx() error {
 		}
 	}()
 	for g.remaining(g.res.Frames) > 0 {
+		if g.c.Ack != nil && t.Ring().Empty() {
+			// About to wait: a sender with its window full waits too.
+			if err := g.ack(); err != nil {
+				return err
+			}
+		}
 		ok, err := g.rxFrames(t, last)
 		if err != nil || !ok {
 			return err
@@ -448,8 +475,44 @@ func (g *gen) rx() error {
 		if err := t.Sync(0); err != nil {
 			return err
 		}
+		// After the release: the slots are free by the time the sender knows.
+		if g.c.Ack != nil && g.seq.next-min(g.acked, g.seq.next) >= uint64(g.c.AckEvery) {
+			if err := g.ack(); err != nil {
+				return err
+			}
+		}
 	}
 	return nil
+}
+
+// ack tells the sender how far rx got (Config.Ack), when that moved since the
+// last ack. A full ring is synced once; if it is still full the ack waits for
+// the next call (the sender's window is bounded by its timeout then).
+func (g *gen) ack() error {
+	if g.seq.next == g.acked {
+		return nil
+	}
+	t, r := g.c.Ack, g.c.Ack.Ring()
+	if r.Space() == 0 {
+		if err := t.Sync(0); err != nil || r.Space() == 0 {
+			return err
+		}
+	}
+	head := r.Head()
+	s := r.Slot(head)
+	buf := r.Buf(s.BufIdx)
+	if len(buf) < len(g.ackTmpl) {
+		return fmt.Errorf("pktgen: ack slot %d: buffer %d is outside the memory", head, s.BufIdx)
+	}
+	copy(buf, g.ackTmpl)
+	Stamp(buf[g.c.HdrLen:], g.seq.next, g.res.Frames)
+	s.Len, s.Flags = uint16(len(g.ackTmpl)), 0
+	r.SetSlot(head, s)
+	next := r.Next(head)
+	r.SetHeadCur(next, next)
+	g.acked = g.seq.next
+	g.res.Acks++
+	return t.Sync(0)
 }
 
 func (g *gen) ping() error {

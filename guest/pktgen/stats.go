@@ -80,6 +80,7 @@ type Result struct {
 	Lost    uint64 // rx: sequence gaps; ping: round trips that timed out
 	Bad     uint64 // rx/pong: frames that are not pktgen's (or of another kind)
 	OOO     uint64 // rx: late or duplicated frames
+	Acks    uint64 // rx: acks sent (Config.Ack)
 	Latency Latency
 }
 
@@ -136,6 +137,9 @@ func (r Result) Summary() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "pktgen: mode=%s frames=%d bytes=%d secs=%.6f mpps=%.4f gbps=%.4f kicks=%d irqs=%d syncs=%d waits=%d lost=%d ooo=%d bad=%d",
 		r.Mode, r.Frames, r.Bytes, r.Elapsed.Seconds(), r.Mpps(), r.Gbps(), r.Kicks, r.Irqs, r.Syncs, r.Waits, r.Lost, r.OOO, r.Bad)
+	if r.Acks > 0 {
+		fmt.Fprintf(&b, " acks=%d", r.Acks)
+	}
 	if r.Mode == ModePing {
 		l := r.Latency
 		fmt.Fprintf(&b, " rtts=%d minus=%.2f p50us=%.2f p90us=%.2f p99us=%.2f maxus=%.2f",
