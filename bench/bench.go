@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/ptvmm/ptvmm/guest/pktgen"
+	"github.com/ptvmm/ptvmm/notify"
 )
 
 // Tier is where the driver side runs.
@@ -74,6 +75,60 @@ const CountTimeout = time.Minute
 // microseconds, a frame of TX tens of nanoseconds).
 const MaxRoundTrips = 100000
 
+// Wait is how the host side of every path (ptnet's host loop, virtio-net's queue
+// workers) and the process tier's driver wait for work.
+type Wait string
+
+const (
+	// WaitAuto (the default) is WaitAdaptive where the machine has a core for every
+	// thread a run keeps busy (Wait.For), else WaitBlock: a thread spinning on a
+	// shared core only delays the thread it waits for.
+	WaitAuto Wait = "auto"
+	// WaitAdaptive keeps polling for Config.Spin after the last work found, then
+	// sleeps until kicked (notify.Adaptive; the driver polls its ring as long before
+	// it sleeps): under load neither side sleeps, so neither kicks nor interrupts
+	// are paid; idle, both sleep.
+	WaitAdaptive Wait = "adaptive"
+	// WaitBlock sleeps as soon as there is no work (notify.Block): ptnet's and
+	// virtio-net's default in the vmm library.
+	WaitBlock Wait = "block"
+)
+
+// DefaultSpin is WaitAdaptive's polling window when Config.Spin is zero.
+const DefaultSpin = notify.DefaultSpin
+
+// For resolves WaitAuto for workload wl in tier t on a machine with cores CPUs.
+// Busy threads: in the process tier's tx and rx two (the driver's, with the far end
+// in it, and the host side's); otherwise three (a far end or a vCPU of its own too;
+// a linux guest runs every workload on one NIC).
+func (w Wait) For(t Tier, wl Workload, cores int) Wait {
+	if w != WaitAuto {
+		return w
+	}
+	busy := 3
+	if t == TierProcess && wl != WorkloadPingPong {
+		busy = 2
+	}
+	if cores >= busy {
+		return WaitAdaptive
+	}
+	return WaitBlock
+}
+
+// hostWait is how the host side of the path being set up waits: notify's mode and
+// its polling window.
+func (r *runner) hostWait() (notify.Mode, time.Duration) {
+	if r.wait == WaitAdaptive {
+		return notify.Adaptive, r.cfg.Spin
+	}
+	return notify.Block, 0
+}
+
+// setWait resolves Config.Wait for the runs about to start.
+func (r *runner) setWait(w Workload) {
+	r.wait = r.cfg.Wait.For(r.rep.Tier, w, r.rep.Machine.Cores)
+}
+
 // Config is one benchmark. Zero values take the defaults: the tier the machine allows,
 // every path, workload and size, DefaultDuration per run.
 type Config struct {
@@ -102,6 +157,10 @@ type Config struct {
 	KernelDir string
 	// Log receives the linux tier's guest consoles and other detail (nil: none).
 	Log io.Writer
+	// Wait is how the host side and the process tier's driver wait (default
+	// WaitAuto); Spin is WaitAdaptive's window (default DefaultSpin).
+	Wait Wait
+	Spin time.Duration
 }
 
 // Machine says what the figures were measured on.
@@ -138,7 +197,11 @@ type Record struct {
 	// Runs is how many runs were made; the record is the fastest (Config.Repeat).
 	Runs int `json:"runs"`
 	// Partial: the run was cut short (Ctrl-C).
-	Partial bool    `json:"partial,omitempty"`
+	Partial bool `json:"partial,omitempty"`
+	// Wait and Spin (microseconds; WaitAdaptive only) as the run had them
+	// (WaitAuto resolved).
+	Wait    Wait    `json:"wait"`
+	SpinUS  float64 `json:"spin_us,omitempty"`
 	Machine Machine `json:"machine"`
 	Kernel  string  `json:"kernel"`
 	Date    string  `json:"date"`
@@ -160,6 +223,8 @@ type Ratio struct {
 // Concurrency: plain data; its methods only read it, from any number of goroutines.
 type Report struct {
 	Tier        Tier     `json:"tier"`
+	Wait        Wait     `json:"wait"`
+	SpinUS      float64  `json:"spin_us,omitempty"`
 	Machine     Machine  `json:"machine"`
 	Kernel      string   `json:"kernel"`
 	Date        string   `json:"date"`
@@ -185,6 +250,19 @@ func (c Config) normalize() (Config, error) {
 	}
 	if c.Count > 0 {
 		c.Duration = 0
+	}
+	switch c.Wait {
+	case "":
+		c.Wait = WaitAuto
+	case WaitAuto, WaitAdaptive, WaitBlock:
+	default:
+		return c, fmt.Errorf("bench: unknown wait %q (want auto, adaptive or block)", c.Wait)
+	}
+	if c.Spin < 0 || c.Spin > time.Second {
+		return c, fmt.Errorf("bench: spin %v outside 0..1s", c.Spin)
+	}
+	if c.Spin == 0 {
+		c.Spin = DefaultSpin
 	}
 	if c.Repeat < 0 || c.Repeat > 100 {
 		return c, fmt.Errorf("bench: repeat %d outside 1..100", c.Repeat)
@@ -244,8 +322,8 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	if c.Tier == "" {
 		c.Tier = autoTier(host)
 	}
-	rep := &Report{Tier: c.Tier, Machine: machine(), Kernel: kernel(), Date: time.Now().UTC().Format(time.RFC3339),
-		Records: []Record{}, Notes: []string{}, Ratios: []Ratio{}}
+	rep := &Report{Tier: c.Tier, Wait: c.Wait, SpinUS: us(c.Spin), Machine: machine(), Kernel: kernel(),
+		Date: time.Now().UTC().Format(time.RFC3339), Records: []Record{}, Notes: []string{}, Ratios: []Ratio{}}
 	if ok, why := tierStatus(c.Tier, host); !ok {
 		rep.Notes = append(rep.Notes, why)
 		c.progress("bench: %s", why)
@@ -266,6 +344,12 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		r.runLinux(ctx)
 	default:
 		r.run(ctx)
+	}
+	for i := range rep.Records {
+		rec := &rep.Records[i]
+		if rec.Wait = c.Wait.For(rec.Tier, rec.Workload, rep.Machine.Cores); rec.Wait == WaitAdaptive {
+			rec.SpinUS = rep.SpinUS
+		}
 	}
 	rep.Ratios = append(rep.Ratios, ratios(rep.Records)...)
 	return rep, nil
@@ -303,8 +387,9 @@ func (c Config) progress(format string, args ...any) {
 // runner runs a benchmark: the process and micro tiers one run at a time (run),
 // the linux tier one guest boot per path (runLinux).
 type runner struct {
-	cfg Config
-	rep *Report
+	cfg  Config
+	rep  *Report
+	wait Wait // Config.Wait resolved for the path being set up
 }
 
 func (r *runner) run(ctx context.Context) {
@@ -421,6 +506,7 @@ type outcome struct {
 // runOne sets up path p, runs workload w with frames of size bytes on a locked
 // driver thread, and tears the path down.
 func (r *runner) runOne(ctx context.Context, p Path, w Workload, size int) (Record, error) {
+	r.setWait(w)
 	if r.cfg.Tier == TierMicro {
 		return r.runMicro(ctx, p, w, size)
 	}
@@ -475,7 +561,7 @@ func us(d time.Duration) float64 { return float64(d) / float64(time.Microsecond)
 // end in this thread (TX, RX) or on its own (ping-pong), and the CPU split.
 func (r *runner) drive(ctx context.Context, e *env, w Workload, size int) outcome {
 	c := pktgen.Config{FrameSize: size, HdrLen: e.hdrLen, Src: driverMAC, Dst: peerMAC,
-		Count: r.cfg.Count, Duration: r.cfg.Duration, Batch: driverBatch}
+		Count: r.cfg.Count, Duration: r.cfg.Duration, Batch: driverBatch, Prefill: true}
 	if c.Count > 0 {
 		c.Duration = CountTimeout
 	}
@@ -494,7 +580,7 @@ func (r *runner) drive(ctx context.Context, e *env, w Workload, size int) outcom
 	)
 	switch w {
 	case WorkloadTX:
-		sk = newSink(e.peer, e.peerRing)
+		sk = newSink(e.peer, e.peerRing, size)
 		c.Mode, c.Tx = pktgen.ModeTx, &txDrain{r: e.tx, s: sk}
 	case WorkloadRX:
 		src = newSource(e.peer, size, driverMAC, peerMAC, r.cfg.Count)

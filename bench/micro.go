@@ -18,6 +18,7 @@ import (
 	"github.com/ptvmm/ptvmm/devices/virtio"
 	"github.com/ptvmm/ptvmm/guest/micro"
 	"github.com/ptvmm/ptvmm/guest/pktgen"
+	"github.com/ptvmm/ptvmm/notify"
 	"github.com/ptvmm/ptvmm/vmm"
 	"github.com/ptvmm/ptvmm/vmm/boot"
 	"github.com/ptvmm/ptvmm/vmm/pci"
@@ -73,6 +74,8 @@ type microGuest struct {
 	irqs     func() uint64
 	done     *doneReport
 	closers  []func() error // in order
+	mode     notify.Mode    // how the NIC's host side waits
+	spin     time.Duration
 }
 
 func (g *microGuest) close() error {
@@ -172,7 +175,7 @@ func (r *runner) microRun(ctx context.Context, p Path, size int, frames uint64, 
 	}
 	storeQword(credit, microWindow)
 
-	sk := newSink(g.peer, g.peerRing)
+	sk := newSink(g.peer, g.peerRing, size)
 	guestDone := make(chan struct{})
 	type rxOut struct {
 		last time.Time
@@ -280,6 +283,7 @@ func (r *runner) newMicroGuest(p Path, size int) (_ *microGuest, err error) {
 	}
 	n := vmm.NewNetwork()
 	g := &microGuest{net: n, batch: microBatch(p)}
+	g.mode, g.spin = r.hostWait()
 	defer func() {
 		if err != nil {
 			_ = g.close()
@@ -404,7 +408,7 @@ func (g *microGuest) mmioRead(addr uint64, size int) uint64 {
 // is every buffer of the rings in swapped: a pipe swaps buffers between the
 // guest's TX ring and its peer's RX ring instead of copying frames.
 func (g *microGuest) ptnet(np *netmap.Port, release func() error, tmpl []byte, swapped ...*netmap.Kring) error {
-	pd, err := g.vm.AddPtnet(0, vmm.PtnetNIC{Port: np, MAC: driverMAC, Release: release})
+	pd, err := g.vm.AddPtnet(0, vmm.PtnetNIC{Port: np, MAC: driverMAC, Mode: g.mode, Spin: g.spin, Release: release})
 	if err != nil {
 		_ = release()
 		return fmt.Errorf("bench: ptnet: %w", err)
@@ -482,6 +486,7 @@ const (
 // descriptor i is a one-buffer chain to a frame (virtio-net header and tmpl) at
 // microBufs + i*microBufStride, no interrupts wanted.
 func (g *microGuest) virtio(nic vmm.NIC, size int) error {
+	nic.Mode, nic.Spin = g.mode, g.spin
 	nd, err := g.vm.AddNIC(0, nic)
 	if err != nil {
 		return fmt.Errorf("bench: virtio-net: %w", err)

@@ -10,7 +10,6 @@ import (
 	"github.com/ptvmm/ptvmm/backends/tap"
 	"github.com/ptvmm/ptvmm/backends/vale"
 	"github.com/ptvmm/ptvmm/guest/pktgen"
-	"github.com/ptvmm/ptvmm/notify"
 )
 
 // Addresses of the driver (the guest's NIC) and of the far end.
@@ -39,21 +38,23 @@ func (e *SkipError) Error() string { return e.Why }
 func (r *runner) setup(p Path) (*env, error) {
 	switch p {
 	case PathPtnetSwitch:
-		return setupPtnetSwitch()
+		return r.setupPtnetSwitch()
 	case PathPtnetPipe:
-		return setupPtnetPipe()
+		return r.setupPtnetPipe()
 	case PathVirtioTap:
 		return r.setupVirtioTap()
 	case PathVirtioSwitch:
-		return setupVirtioSwitch()
+		return r.setupVirtioSwitch()
 	}
 	return nil, fmt.Errorf("bench: unknown path %q", p)
 }
 
 // local puts a netmap port behind its host loop and a driver (the passthrough
-// attachment a ptnet guest gets), with the host loop in Block mode, as ptnet runs.
-func local(np *netmap.Port) (*netmap.Local, func() uint64, error) {
-	l, err := netmap.StartLocal(np, notify.Block)
+// attachment a ptnet guest gets). The host loop waits as Config.Wait says, and
+// with WaitAdaptive the driver polls its ring as long before it sleeps.
+func (r *runner) local(np *netmap.Port) (*netmap.Local, func() uint64, error) {
+	mode, spin := r.hostWait()
+	l, err := netmap.StartLocalConfig(np, netmap.LocalConfig{Mode: mode, Spin: spin, DriverSpin: spin})
 	if err != nil {
 		return nil, nil, err
 	}
@@ -69,7 +70,7 @@ func local(np *netmap.Port) (*netmap.Local, func() uint64, error) {
 
 // setupPtnetSwitch: the driver's port and a receiver's port on one switch; the
 // switch knows both addresses, so frames go unicast (one copy, as VALE does).
-func setupPtnetSwitch() (*env, error) {
+func (r *runner) setupPtnetSwitch() (*env, error) {
 	s, err := vale.New("valebench")
 	if err != nil {
 		return nil, err
@@ -85,7 +86,7 @@ func setupPtnetSwitch() (*env, error) {
 	}
 	s.Learning().Learn(driverMAC[:], pa.Index())
 	s.Learning().Learn(peerMAC[:], pb.SwitchPort().Index())
-	l, irqs, err := local(pa.Netmap())
+	l, irqs, err := r.local(pa.Netmap())
 	if err != nil {
 		pb.Close()
 		pa.Detach()
@@ -97,12 +98,12 @@ func setupPtnetSwitch() (*env, error) {
 
 // setupPtnetPipe: the driver on one end of a netmap pipe, the far end on the other
 // (buffers swapped, not copied).
-func setupPtnetPipe() (*env, error) {
+func (r *runner) setupPtnetPipe() (*env, error) {
 	m, sl, err := netmap.NewPipe("bench", "1", netmap.PortConfig{})
 	if err != nil {
 		return nil, fmt.Errorf("bench: pipe: %w", err)
 	}
-	l, irqs, err := local(m)
+	l, irqs, err := r.local(m)
 	if err != nil {
 		sl.Close()
 		m.Close()
@@ -147,7 +148,7 @@ func (r *runner) setupVirtioTap() (*env, error) {
 		t.Close()
 		return nil, &SkipError{Why: fmt.Sprintf("cannot read TAP %s from the host: %v (needs CAP_NET_RAW: run as root)", name, err)}
 	}
-	nic, err := newVirtioNIC(t.Queue(0), true, t, driverMAC)
+	nic, err := r.newVirtioNIC(t.Queue(0), true, t, driverMAC)
 	if err != nil {
 		pk.Close()
 		t.Close()
@@ -159,7 +160,7 @@ func (r *runner) setupVirtioTap() (*env, error) {
 
 // setupVirtioSwitch: virtio-net whose backend is a switch port (one copy from guest
 // buffers into the switch), the far end another port.
-func setupVirtioSwitch() (*env, error) {
+func (r *runner) setupVirtioSwitch() (*env, error) {
 	s, err := vale.New("valebench")
 	if err != nil {
 		return nil, err
@@ -175,7 +176,7 @@ func setupVirtioSwitch() (*env, error) {
 	}
 	s.Learning().Learn(driverMAC[:], pv.SwitchPort().Index())
 	s.Learning().Learn(peerMAC[:], pb.SwitchPort().Index())
-	nic, err := newVirtioNIC(pv, false, nil, driverMAC)
+	nic, err := r.newVirtioNIC(pv, false, nil, driverMAC)
 	if err != nil {
 		pb.Close()
 		return nil, err

@@ -40,11 +40,14 @@ func processCPU() time.Duration {
 }
 
 // sink receives and counts pktgen data frames at the far end: from a netmap ring
-// in place, as a netmap application reads (rxsync, look at each slot's buffer,
-// release), or through Recv (a packet socket: one copy per frame, as any reader of
-// a TAP pays).
+// in place, as netmap's pkt-gen receives (rxsync, count the slots of the expected
+// length, release; the first frame of every sync is parsed, so a path that
+// delivers something else is caught), or through Recv (a packet socket: one copy
+// per frame, as any reader of a TAP pays; every frame parsed, since the host's
+// stack may send on a TAP too).
 type sink struct {
 	p    backends.Port
+	size int           // the frames' length
 	k    *netmap.Kring // nil: use p.Recv
 	r    *netmap.Ring
 	bufs [][]byte
@@ -59,8 +62,8 @@ type sink struct {
 	frames uint64 // Recv calls that returned frames (for the batch size)
 }
 
-func newSink(p backends.Port, rx *netmap.Port) *sink {
-	s := &sink{p: p, bufs: make([][]byte, peerBatch), lens: make([]int, peerBatch)}
+func newSink(p backends.Port, rx *netmap.Port, size int) *sink {
+	s := &sink{p: p, size: size, bufs: make([][]byte, peerBatch), lens: make([]int, peerBatch)}
 	if rx != nil {
 		s.k = rx.RxRing(0)
 		s.r = rx.UserRing(s.k)
@@ -102,8 +105,8 @@ func (s *sink) drain() {
 	s.cpu += threadCPU() - t0
 }
 
-// drainRing is a netmap receiver: rxsync, read every frame in place, release them
-// all (at the next sync). Slots are peer data: lengths are checked.
+// drainRing is a netmap receiver: rxsync, count the frames, release them all.
+// Slots are peer data: lengths and buffer indices are checked.
 func (s *sink) drainRing() {
 	if err := s.k.Sync(0); err != nil && !errors.Is(err, netmap.ErrRingReinit) {
 		s.err = err
@@ -113,12 +116,13 @@ func (s *sink) drainRing() {
 	for n := uint32(0); h != t && n < s.r.NumSlots(); n++ {
 		sl := s.r.Slot(h)
 		b := s.r.Buf(sl.BufIdx)
-		if b != nil && int(sl.Len) <= len(b) && sl.Flags&netmap.NSMoreFrag == 0 {
-			if hd, err := pktgen.Parse(b[:sl.Len]); err == nil && hd.Kind == pktgen.KindData {
-				s.got++
-			} else {
-				s.bad++
-			}
+		ok := int(sl.Len) == s.size && int(sl.Len) <= len(b) && sl.Flags&netmap.NSMoreFrag == 0
+		if ok && n == 0 {
+			hd, err := pktgen.Parse(b[:sl.Len])
+			ok = err == nil && hd.Kind == pktgen.KindData
+		}
+		if ok {
+			s.got++
 		} else {
 			s.bad++
 		}

@@ -8,9 +8,11 @@ import (
 	"math"
 	"os"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -123,6 +125,7 @@ func (rep *Report) WriteTable(w io.Writer) error {
 			best = fmt.Sprintf("; each row the fastest of %d runs", runs)
 		}
 		fmt.Fprintf(bw, "(s/Mf: CPU seconds per million frames; ping-pong rows count round trips; * partial%s)\n", best)
+		fmt.Fprintf(bw, "(host side and driver wait: %s)\n", rep.waits())
 	}
 	for _, n := range rep.Notes {
 		fmt.Fprintf(bw, "note: %s\n", n)
@@ -138,6 +141,35 @@ func (rep *Report) WriteTable(w io.Writer) error {
 			r.Workload, r.Size, r.Passthrough, rate(r.Mpps), rate(r.TapMpps), r.Ratio)
 	}
 	return bw.Flush()
+}
+
+// waits says how the records' runs waited, by workload: "adaptive, polling 50µs
+// before sleeping, for tx, rx; block for pingpong (-wait auto, 2 cores)".
+func (rep *Report) waits() string {
+	var order []Wait
+	by := map[Wait][]string{}
+	for _, r := range rep.Records {
+		w := string(r.Workload)
+		if !slices.Contains(by[r.Wait], w) {
+			if by[r.Wait] == nil {
+				order = append(order, r.Wait)
+			}
+			by[r.Wait] = append(by[r.Wait], w)
+		}
+	}
+	var parts []string
+	for _, wt := range order {
+		s := string(wt)
+		if wt == WaitAdaptive {
+			s += fmt.Sprintf(", polling %v before sleeping,", time.Duration(rep.SpinUS*float64(time.Microsecond)))
+		}
+		parts = append(parts, s+" for "+strings.Join(by[wt], ", "))
+	}
+	s := strings.Join(parts, "; ")
+	if rep.Wait == WaitAuto {
+		s += fmt.Sprintf(" (-wait auto, %d cores: adaptive only where every busy thread has a core)", rep.Machine.Cores)
+	}
+	return s
 }
 
 // rate formats a rate with three decimals, or three significant digits below 0.1

@@ -103,13 +103,15 @@ type virtioNIC struct {
 	bells  []*bell
 	router *msiRouter
 	tx, rx *vqRing
+	spin   time.Duration // Wait polls used.idx this long before it sleeps
 }
 
 // newVirtioNIC builds the device on port (its backend, which it owns from here on,
 // also on error) and brings it up as a driver would: features, MSI-X vectors,
 // queues, DRIVER_OK, RX buffers posted.
-func newVirtioNIC(port backends.Port, vnetHdr bool, off virtionet.Offloader, mac [6]byte) (_ *virtioNIC, err error) {
-	n := &virtioNIC{}
+func (rn *runner) newVirtioNIC(port backends.Port, vnetHdr bool, off virtionet.Offloader, mac [6]byte) (_ *virtioNIC, err error) {
+	mode, spin := rn.hostWait()
+	n := &virtioNIC{spin: spin}
 	defer func() {
 		if err != nil {
 			if n.dev == nil {
@@ -135,7 +137,7 @@ func newVirtioNIC(port backends.Port, vnetHdr bool, off virtionet.Offloader, mac
 		return nil, fmt.Errorf("bench: guest memory: %w", err)
 	}
 	if n.dev, err = virtionet.New(virtionet.Config{MAC: mac, Ports: []backends.Port{port}, VnetHdr: vnetHdr,
-		Offloads: off, QueueSize: vqSize, Mode: notify.Block}); err != nil {
+		Offloads: off, QueueSize: vqSize, Mode: mode, Spin: spin}); err != nil {
 		return nil, fmt.Errorf("bench: virtio-net device: %w", err)
 	}
 	n.router = &msiRouter{}
@@ -564,12 +566,23 @@ func (r *vqRing) blocked() bool {
 	return r.ring.Empty()
 }
 
-// Wait syncs and, if still blocked, asks for an interrupt (TX: when half of what the
-// device holds is done; RX: at the next frame), checks again after the barrier, and
-// waits for the queue's vector up to timeout. It reports whether the ring can move.
+// Wait syncs and, if still blocked, polls used.idx for the NIC's spin window, then
+// asks for an interrupt (TX: when half of what the device holds is done; RX: at the
+// next frame), checks again after the barrier, and waits for the queue's vector up
+// to timeout. It reports whether the ring can move.
 func (r *vqRing) Wait(timeout time.Duration) (bool, error) {
 	if err := r.Sync(0); err != nil || !r.blocked() {
 		return err == nil, err
+	}
+	spin := r.nic.spin
+	if timeout >= 0 {
+		spin = min(spin, timeout)
+	}
+	if spin > 0 && r.pollUsed(time.Now().Add(spin)) {
+		if err := r.Sync(0); err != nil {
+			return false, err
+		}
+		return !r.blocked(), nil
 	}
 	ev := r.usedSeen
 	if r.tx {
@@ -591,6 +604,19 @@ func (r *vqRing) Wait(timeout time.Duration) (bool, error) {
 		return false, err
 	}
 	return !r.blocked(), nil
+}
+
+// pollUsed spins until the device publishes a used entry (true) or the deadline
+// passes, reading the clock every 256 loads.
+func (r *vqRing) pollUsed(deadline time.Time) bool {
+	for n := 1; ; n++ {
+		if virtio.LoadLE16(r.used[2:]) != r.usedSeen {
+			return true
+		}
+		if n%256 == 0 && time.Now().After(deadline) {
+			return false
+		}
+	}
 }
 
 // Stats are the ring's counters in the driver ring's terms.

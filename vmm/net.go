@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"sync"
+	"time"
 
 	"github.com/ptvmm/ptvmm/backends"
 	"github.com/ptvmm/ptvmm/backends/netmap"
@@ -63,6 +64,13 @@ type NIC struct {
 	Slot int
 	// NoOffloads withholds checksum and TSO offloads from the guest.
 	NoOffloads bool
+	// Mode is how the NIC's host side (virtio-net's queue workers, ptnet's host loop)
+	// waits for work: notify.Block (default) sleeps until the guest kicks;
+	// notify.Adaptive keeps polling for Spin (notify.DefaultSpin if zero) after the
+	// last work it found, then sleeps: fewer kicks and wake-ups under load, a busy
+	// host thread for the window.
+	Mode notify.Mode
+	Spin time.Duration
 	// Ports, if set, are the backend (one port per queue pair) instead of a TAP;
 	// PortsVnetHdr says they carry virtio-net headers (offloads are then offered).
 	// The NIC closes them.
@@ -131,7 +139,8 @@ func (v *VM) AddNIC(index int, n NIC) (_ *NICDevice, err error) {
 		return nd, v.addPtnetNIC(index, n, nd)
 	}
 	logf := func(format string, args ...any) { v.log.Warn(fmt.Sprintf(format, args...)) }
-	ncfg := virtionet.Config{MAC: n.MAC, Ports: n.Ports, VnetHdr: n.PortsVnetHdr, MTU: n.MTU, NoOffloads: n.NoOffloads, Logf: logf}
+	ncfg := virtionet.Config{MAC: n.MAC, Ports: n.Ports, VnetHdr: n.PortsVnetHdr, MTU: n.MTU, NoOffloads: n.NoOffloads,
+		Mode: n.Mode, Spin: n.Spin, Logf: logf}
 	if n.Port != "" {
 		ep, err := v.Network().OpenEndpoint(n.Port)
 		if err != nil {
@@ -272,7 +281,7 @@ func (v *VM) addPtnetNIC(index int, n NIC, nd *NICDevice) error {
 	if err != nil {
 		return fmt.Errorf("vmm: NIC %d: %w", index, err)
 	}
-	if nd.Ptnet, err = v.AddPtnet(index, PtnetNIC{Port: np, MAC: n.MAC, Slot: n.Slot, Release: release}); err != nil {
+	if nd.Ptnet, err = v.AddPtnet(index, PtnetNIC{Port: np, MAC: n.MAC, Slot: n.Slot, Mode: n.Mode, Spin: n.Spin, Release: release}); err != nil {
 		nd.Ptnet = nil
 		return errors.Join(err, release())
 	}

@@ -266,7 +266,7 @@ func (v *VM) addServicePtnetNIC(index int, n NIC, nd *NICDevice, c *vale.Client)
 	if err != nil {
 		return fmt.Errorf("vmm: NIC %d: %w", index, err)
 	}
-	if nd.Ptnet, err = v.AddPtnet(index, PtnetNIC{Remote: rp, MAC: n.MAC, Slot: n.Slot, Release: rp.Detach}); err != nil {
+	if nd.Ptnet, err = v.AddPtnet(index, PtnetNIC{Remote: rp, MAC: n.MAC, Slot: n.Slot, Mode: n.Mode, Spin: n.Spin, Release: rp.Detach}); err != nil {
 		nd.Ptnet = nil
 		return errors.Join(err, rp.Detach())
 	}

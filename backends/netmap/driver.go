@@ -3,7 +3,6 @@ package netmap
 import (
 	"errors"
 	"fmt"
-	"runtime"
 	"sync/atomic"
 	"time"
 
@@ -381,11 +380,8 @@ func (r *DriverRing) pollKtoa(deadline time.Time) bool {
 		if t := r.csb.HwTail(r.idx); t != start {
 			return true
 		}
-		if n%pollYield == 0 {
-			if !deadline.IsZero() && time.Now().After(deadline) {
-				return false
-			}
-			runtime.Gosched()
+		if n%pollYield == 0 && !deadline.IsZero() && time.Now().After(deadline) {
+			return false
 		}
 	}
 }

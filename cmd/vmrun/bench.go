@@ -17,7 +17,7 @@ import (
 
 const benchUsage = `usage: vmrun bench [-tier process|micro|linux] [-paths P,...] [-sizes 60,1514]
                    [-workloads tx,rx,pingpong] [-duration D | -count N] [-repeat N] [-tap NAME]
-                   [-json FILE] [-plot FILE.png] [-console]
+                   [-wait auto|adaptive|block] [-spin D] [-json FILE] [-plot FILE.png] [-console]
 
 Runs the same workloads over each network path and prints one table (progress on
 stderr), the passthrough / virtio-net+TAP ratios last. Paths: ` + "ptnet-switch, ptnet-pipe, virtio-tap, virtio-switch" + `.
@@ -37,11 +37,6 @@ func runBench(args []string) int {
 
 func benchMain(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("vmrun bench", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() {
-		fmt.Fprint(stderr, benchUsage)
-		fs.PrintDefaults()
-	}
 	tier := fs.String("tier", "", "process, micro or linux (default: what this machine allows)")
 	paths := fs.String("paths", "", "comma-separated paths (default: all)")
 	sizes := fs.String("sizes", "60,1514", "comma-separated frame sizes in bytes (60..1514)")
@@ -53,18 +48,17 @@ func benchMain(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	jsonOut := fs.String("json", "", "also write the results as JSON to FILE")
 	plotOut := fs.String("plot", "", "also draw Mpps per path and size as a PNG to FILE")
 	console := fs.Bool("console", false, "copy the linux tier's guest consoles to stderr")
-	if err := fs.Parse(args); err != nil {
-		if err == flag.ErrHelp {
-			return 0
-		}
-		return 2
+	wait := fs.String("wait", string(bench.WaitAuto), "how the host side (and the process tier's driver) waits: adaptive (poll for -spin after the last work, then sleep), block (sleep at once), or auto (adaptive where every busy thread of a run has a core)")
+	spin := fs.Duration("spin", bench.DefaultSpin, "adaptive's polling window")
+	if status, ok := parseFlags(fs, args, benchUsage, stderr); !ok {
+		return status
 	}
 	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "vmrun bench: unexpected arguments %q\n", fs.Args())
-		fs.Usage()
+		fmt.Fprintf(stderr, "vmrun bench: unexpected arguments %q (see vmrun bench -h)\n", fs.Args())
 		return 2
 	}
 	cfg := bench.Config{Tier: bench.Tier(*tier), Duration: *duration, Count: *count, Repeat: *repeat, Tap: *tapName, Progress: stderr,
+		Wait: bench.Wait(*wait), Spin: *spin,
 		Agent: benchAgent()}
 	if *console {
 		cfg.Log = stderr

@@ -53,7 +53,7 @@ func TestBenchCommand(t *testing.T) {
 	var raw map[string]any
 	require.NoError(t, json.Unmarshal(b, &raw))
 	rec := raw["records"].([]any)[0].(map[string]any)
-	for _, k := range []string{"mpps", "gbps", "cpu_guest_s_per_mframe", "cpu_host_s_per_mframe", "kicks_per_frame", "irqs_per_frame", "drops", "machine", "kernel", "date", "tier"} {
+	for _, k := range []string{"mpps", "gbps", "cpu_guest_s_per_mframe", "cpu_host_s_per_mframe", "kicks_per_frame", "irqs_per_frame", "drops", "machine", "kernel", "date", "tier", "wait"} {
 		assert.Contains(t, rec, k)
 	}
 
@@ -71,12 +71,16 @@ func TestBenchFlags(t *testing.T) {
 		{"-sizes", "sixty"},
 		{"-sizes", "40"},
 		{"-tier", "cloud"},
+		{"-wait", "spin"},
+		{"-spin", "-1us"},
+		{"-bogus"},
 		{"extra"},
 	} {
 		var out, errOut bytes.Buffer
 		assert.Equal(t, 2, benchMain(context.Background(), args, &out, &errOut), "%q", args)
 		assert.Empty(t, out.String(), "%q", args)
 		assert.NotEmpty(t, errOut.String(), "%q", args)
+		assert.Equal(t, 1, strings.Count(errOut.String(), "\n"), "%q: one line, no usage: %s", args, errOut.String())
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/ptvmm/ptvmm/backends"
 	"github.com/ptvmm/ptvmm/devices/virtio"
@@ -88,8 +89,10 @@ type Config struct {
 	MTU int
 	// QueueSize is the maximum size of every queue (default 256).
 	QueueSize uint16
-	// Mode is how the queue-pair workers wait (default notify.Block).
+	// Mode is how the queue-pair workers wait (default notify.Block); Spin is the
+	// polling window of notify.Adaptive (notify.DefaultSpin if zero).
 	Mode notify.Mode
+	Spin time.Duration
 	// Logf receives one line per notable event (link changes, broken rings).
 	Logf func(format string, args ...any)
 }

@@ -112,6 +112,7 @@ func (p *pair) start() (err error) {
 	p.worker, err = notify.NewWorker(notify.Config{
 		Name: fmt.Sprintf("virtionet-%d", p.idx),
 		Mode: p.d.cfg.Mode,
+		Spin: p.d.cfg.Spin,
 		// Look at everything once: the driver may have filled the queues before its
 		// kicks were bound, and frames may be waiting on the port already.
 		Init: p.first,

@@ -22,6 +22,7 @@ type Flags struct {
 	Idle         time.Duration
 	Drain        time.Duration
 	Ack          int
+	Prefill      bool
 }
 
 // Register adds the flags to fs.
@@ -38,6 +39,7 @@ func (f *Flags) Register(fs *flag.FlagSet) {
 	fs.DurationVar(&f.Idle, "idle", 0, "rx, pong: stop after this long without a frame, once one came; 0: never")
 	fs.DurationVar(&f.Drain, "drain", 2*time.Second, "tx: how long to wait at the end for the ring to drain")
 	fs.IntVar(&f.Ack, "ack", 0, "rx: tell the sender (-dst) how far rx got every N frames and before waiting, on the TX ring, for a sender that keeps a window in flight; 0: never")
+	fs.BoolVar(&f.Prefill, "prefill", false, "tx: write each buffer once, then only slot lengths (netmap pkt-gen's default; no sequence numbers)")
 }
 
 // Config builds the Config the flags describe (without rings).
@@ -47,7 +49,7 @@ func (f *Flags) Config() (Config, error) {
 		return Config{}, err
 	}
 	c := Config{Mode: m, FrameSize: f.Size, Batch: f.Batch, Count: f.Count, Duration: f.Duration,
-		Rate: f.Rate, RoundTimeout: f.RoundTimeout, Idle: f.Idle, Drain: f.Drain}
+		Rate: f.Rate, RoundTimeout: f.RoundTimeout, Idle: f.Idle, Drain: f.Drain, Prefill: f.Prefill}
 	if f.Batch < 1 {
 		return Config{}, fmt.Errorf("pktgen: batch %d: want at least 1", f.Batch)
 	}

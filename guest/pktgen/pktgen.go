@@ -87,6 +87,11 @@ type Config struct {
 	// Irqs, when set, is the interrupt counter to report (a ptnet's MSI-X
 	// counts); otherwise the rings' Stats().Interrupts.
 	Irqs func() uint64
+	// Prefill (tx) writes each TX buffer once, the first time a slot carries it,
+	// and then only the slot's length, as netmap's pkt-gen does by default: no
+	// per-frame copy, and every frame carries sequence 0 and the run's start time.
+	// A slot whose buffer changed since (a pipe swaps buffers) is written again.
+	Prefill bool
 }
 
 // errStop ends a consume early when the run ends.
@@ -156,8 +161,9 @@ type gen struct {
 	res      Result
 	lat      latencies
 	seq      seqTracker
-	ackTmpl  []byte // rx with Ack: the ack frame
-	acked    uint64 // rx with Ack: the sequence number the last ack said
+	ackTmpl  []byte   // rx with Ack: the ack frame
+	acked    uint64   // rx with Ack: the sequence number the last ack said
+	filled   []uint32 // Prefill: per TX slot, the buffer index written + 1
 }
 
 // Run runs cfg until its Count, Duration or ctx ends it and returns what it
@@ -303,8 +309,19 @@ func (g *gen) fill(r *netmap.Ring, n uint32, seq *uint64) error {
 		if len(buf) < len(g.tmpl) {
 			return fmt.Errorf("pktgen: tx slot %d: buffer %d is outside the memory", head, s.BufIdx)
 		}
-		copy(buf, g.tmpl)
-		Stamp(buf[g.c.HdrLen:], *seq, stamp)
+		if g.c.Prefill && g.c.Mode == ModeTx {
+			if g.filled == nil || len(g.filled) != int(r.NumSlots()) {
+				g.filled = make([]uint32, r.NumSlots())
+			}
+			if g.filled[head] != s.BufIdx+1 {
+				copy(buf, g.tmpl)
+				Stamp(buf[g.c.HdrLen:], 0, 0)
+				g.filled[head] = s.BufIdx + 1
+			}
+		} else {
+			copy(buf, g.tmpl)
+			Stamp(buf[g.c.HdrLen:], *seq, stamp)
+		}
 		*seq++
 		s.Len, s.Flags = uint16(len(g.tmpl)), 0
 		r.SetSlot(head, s)
