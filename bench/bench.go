@@ -359,12 +359,11 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 var tierWorkloads = map[Tier][]Workload{
 	TierProcess: Workloads,
 	TierMicro:   {WorkloadTX},
-	TierLinux:   {WorkloadTX, WorkloadPingPong},
+	TierLinux:   Workloads,
 }
 
 var unsupportedWhy = map[Tier]string{
 	TierMicro: "the micro guests only transmit (guest/micro has no receiving program yet); -tier process measures them",
-	TierLinux: "the host side has no generator paced by the guest yet; -tier process measures rx",
 }
 
 // unsupported lists the workloads in ws tier t does not measure.

@@ -31,9 +31,16 @@
 // static agent as /init: vmrun passes itself), one vCPU, whose agent runs the
 // pktgen built-in per workload and size: over /dev/ptnet0 (guest module
 // ptvmm_ptnet) on the ptnet paths, over eth0 through a packet socket (pktgen
-// -iface, guest/pktgen's PacketPort) on the virtio-net paths. The far end counts
-// pktgen's data frames by size and answers pings; the guest's summary line says
-// what it sent. Guest TX and ping-pong. It needs VT-x/AMD-V: elsewhere `make
+// -iface, guest/pktgen's PacketPort) on the virtio-net paths. Guest TX, RX and
+// ping-pong. The far end counts pktgen's data frames by size and answers pings;
+// for rx it sends data frames of the run's size, at most a window (448) ahead of
+// the guest's acks (pktgen -ack: the next sequence number the guest expects,
+// every 64 frames and before it waits), since neither a switch nor a TAP holds
+// back a sender. Frames are counted on both ends: the guest's summary line says
+// what it sent or received and lost, the far end what arrived or what it sent.
+// Kicks: ptnet's from the guest's pktgen (the rings the run used), virtio-net's
+// from the device (the TX queue's for tx, the RX queue's, the driver's refills,
+// for rx, both for ping-pong). It needs VT-x/AMD-V: elsewhere `make
 // bench-linux` runs it inside the QEMU test host (e2e's TestBenchLinux checks it
 // there), where the emulated CPU is the limit and only the ratios mean anything.
 //
@@ -63,7 +70,8 @@
 //
 // Flow control: a switch drops what a full port cannot take, and so does a TAP, so
 // the rx generator keeps at most a ring less one driver batch in flight (sent, not
-// yet consumed by the driver) and the tx receiver drains after every driver sync: a
+// yet consumed by the driver; in the linux tier, not yet acknowledged by the
+// guest) and the tx receiver drains after every driver sync: a
 // run measures the path's rate, not its losses. Drops are still counted and shown.
 // The driver hands over up to 512 frames per sync (netmap pkt-gen's burst) on
 // every path. Each configuration runs Config.Repeat times (vmrun bench: 2) and the

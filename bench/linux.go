@@ -31,10 +31,12 @@ import (
 // frame size: over /dev/ptnet0 (the guest module ptvmm_ptnet) on the ptnet paths,
 // over eth0 through a packet socket (pktgen -iface) on the virtio-net paths. The far
 // end is a host thread on the switch port, the pipe's other end or the TAP (a packet
-// socket) that counts pktgen's data frames by size and answers pings. Each run's
-// frames are counted on both ends: the guest's summary line says what it sent (or
-// its round trips), the far end what arrived. The guest's CPU is its vCPU's time in
-// guest mode, sampled when the run's marker and summary lines reach the console.
+// socket) that counts pktgen's data frames by size and answers pings, and in an rx
+// run sends data frames, paced by the guest's acks. Each run's frames are counted on
+// both ends: the guest's summary line says what it sent or received (or its round
+// trips), the far end what arrived or what it sent. The guest's CPU is its vCPU's
+// time in guest mode, sampled when the run's marker and summary lines reach the
+// console.
 //
 // On a VT-x/AMD-V host this is what users get. Inside the QEMU test host (`make
 // bench-linux`) the emulated CPU is the limit and only the ratios mean anything.
@@ -51,6 +53,23 @@ const (
 	// linuxPeerSlots is the far end's RX ring on a switch: roomy, since in the test
 	// host the far end shares one CPU with the guest.
 	linuxPeerSlots = 4096
+	// linuxRxWindow bounds what the far end of an rx run keeps in flight (sent, not
+	// acknowledged by the guest's pktgen): below a TAP's queue (500 frames) and a
+	// 1024-slot ring less a guest batch, so nothing on the way overflows and a run
+	// measures the path's rate, not its losses. The guest acknowledges every
+	// linuxRxAck frames and before it waits (pktgen -ack).
+	linuxRxWindow = 448
+	linuxRxAck    = 64
+	// linuxRxIdle ends a guest's rx run that stopped receiving (frames lost).
+	linuxRxIdle = 5 * time.Second
+	// linuxAckTimeout: with the window full and no ack for that long (the window's
+	// last frames or an ack lost), what is in flight is written off. Generous: an
+	// emulated guest is slow.
+	linuxAckTimeout = 3 * time.Second
+	// linuxFlush is the console line before the guest drains what an earlier rx
+	// run left on the way (its time ran out with frames in flight), out of any
+	// run's sight.
+	linuxFlush = "ptvmm-bench: flush"
 )
 
 // linuxRun is one pktgen command in a guest and what was seen of it.
@@ -61,9 +80,12 @@ type linuxRun struct {
 	began, ended bool
 	begin, end   cpuMark
 	irq0, irq1   uint64
-	data0, data1 uint64 // far end's data frames of this size
-	pong0, pong1 uint64 // far end's answered pings of this size
+	data0, data1 uint64    // far end's data frames of this size
+	pong0, pong1 uint64    // far end's answered pings of this size
+	kick0, kick1 [2]uint64 // virtio-net: the device's TX and RX queue kicks
 	sum          pktgen.Summary
+	// rx: the far end's sending, from the guest pktgen's first line on.
+	job *rxJob
 }
 
 // linuxGuest is one boot: the VM, its NIC and the far end.
@@ -72,6 +94,7 @@ type linuxGuest struct {
 	net     *vmm.Network
 	peer    *linuxPeer
 	irqs    func() uint64
+	kicks   func() [2]uint64
 	watch   *vmm.AgentWatcher
 	console *consoleLines
 	closers []func() error
@@ -103,7 +126,6 @@ func (r *runner) runLinux(ctx context.Context) {
 	}
 	total := len(r.cfg.Paths) * len(r.cfg.Workloads) * len(r.cfg.Sizes)
 	idx := 0
-	virtioRan := false
 	for _, p := range r.cfg.Paths {
 		var best []Record
 		var failed error
@@ -144,17 +166,11 @@ func (r *runner) runLinux(ctx context.Context) {
 			r.rep.Notes = append(r.rep.Notes, note)
 			r.cfg.progress("bench: %s", note)
 		}
-		if len(best) > 0 && !p.passthrough() {
-			virtioRan = true
-		}
 		r.rep.Records = append(r.rep.Records, best...)
 		if ctx.Err() != nil {
 			r.rep.Interrupted = true
 			break
 		}
-	}
-	if virtioRan {
-		r.rep.Notes = append(r.rep.Notes, "tier linux: virtio-net rows count no kicks (the guest's virtio_net driver rings the doorbell inside its kernel, out of pktgen's sight); their irqs/f are the device's interrupts")
 	}
 }
 
@@ -220,9 +236,22 @@ func (r *runner) linuxCommands(p Path, runs []*linuxRun) string {
 		dev = " -iface eth0"
 	}
 	src, dst := net.HardwareAddr(driverMAC[:]), net.HardwareAddr(peerMAC[:])
+	rxBefore := false
 	for i, run := range runs {
+		if run.w == WorkloadRX && rxBefore {
+			fmt.Fprintf(&b, "/bin/ptvmm-agent echo %s\n", linuxFlush)
+			fmt.Fprintf(&b, "/bin/ptvmm-agent pktgen%s -mode rx -duration 300ms\n", dev)
+		}
 		fmt.Fprintf(&b, "/bin/ptvmm-agent echo %s%d\n", linuxMarker, i)
 		switch run.w {
+		case WorkloadRX:
+			rxBefore = true
+			lim := limit(run.w)
+			if r.cfg.Count > 0 {
+				lim += fmt.Sprintf(" -duration %s", CountTimeout) // a far end that stopped sending
+			}
+			fmt.Fprintf(&b, "/bin/ptvmm-agent pktgen%s -mode rx -size %d -batch %d %s -idle %s -ack %d -src %s -dst %s\n",
+				dev, run.size, driverBatch, lim, linuxRxIdle, linuxRxAck, src, dst)
 		case WorkloadTX:
 			fmt.Fprintf(&b, "/bin/ptvmm-agent pktgen%s -mode tx -size %d -batch %d %s -src %s -dst %s -drain 30s\n",
 				dev, run.size, driverBatch, limit(run.w), src, dst)
@@ -345,6 +374,19 @@ func (r *runner) linuxRecord(p Path, run *linuxRun, peer *linuxPeer) (Record, bo
 		o.received = min(peer.data(run.size)-run.data0, o.frames)
 		o.drops = o.frames - o.received
 		o.denom, o.bytes = o.frames, o.received*uint64(run.size)
+	case WorkloadRX:
+		// The far end's count of frames sent; the guest's of frames received and
+		// of sequence gaps (lost). Frames still on the way when the guest's time ran
+		// out are neither.
+		var sent uint64
+		if run.job != nil {
+			sent = run.job.sent.Load()
+		}
+		got := u("frames") - min(u("bad"), u("frames"))
+		o.received = min(got, sent)
+		o.drops = min(u("lost"), sent-o.received)
+		o.frames = o.received + o.drops
+		o.denom, o.bytes = o.received, o.received*uint64(run.size)
 	case WorkloadPingPong:
 		o.received, o.drops = u("rtts"), u("lost")
 		o.frames = o.received + o.drops
@@ -355,9 +397,21 @@ func (r *runner) linuxRecord(p Path, run *linuxRun, peer *linuxPeer) (Record, bo
 	}
 	o.guest, o.host, o.peer = cpuSplit(run.begin, run.end)
 	if p.passthrough() {
+		// The rings the run used (rx: not the acks' TX ring).
 		o.res.Kicks, o.irqs = u("kicks"), u("irqs")
 	} else {
+		// The device's doorbells: the TX queue's for tx, the RX queue's (the
+		// driver's refills) for rx, both for a round trip.
 		o.irqs = run.irq1 - run.irq0
+		tx, rx := run.kick1[0]-run.kick0[0], run.kick1[1]-run.kick0[1]
+		switch run.w {
+		case WorkloadTX:
+			o.res.Kicks = tx
+		case WorkloadRX:
+			o.res.Kicks = rx
+		default:
+			o.res.Kicks = tx + rx
+		}
 	}
 	rec := r.record(p, run.w, run.size, o)
 	if o.frames == 0 {
@@ -371,6 +425,8 @@ func (r *runner) linuxRecord(p Path, run *linuxRun, peer *linuxPeer) (Record, bo
 func (r *runner) newLinuxGuest(p Path, kernel string, initrd []byte, runs []*linuxRun, idx, total int) (_ *linuxGuest, err error) {
 	n := vmm.NewNetwork()
 	g := &linuxGuest{net: n}
+	r.setWait(WorkloadTX) // one NIC for every workload: all alike in this tier
+	mode, spin := r.hostWait()
 	defer func() {
 		if err != nil {
 			_ = g.close()
@@ -379,7 +435,14 @@ func (r *runner) newLinuxGuest(p Path, kernel string, initrd []byte, runs []*lin
 	cur := -1
 	g.console = &consoleLines{log: r.cfg.Log}
 	g.console.fn = func(line string) {
-		if rest, ok := strings.CutPrefix(strings.TrimSpace(line), linuxMarker); ok {
+		t := strings.TrimSpace(line)
+		if t == linuxFlush {
+			g.peer.stopRx()
+			cur = -1
+			return
+		}
+		if rest, ok := strings.CutPrefix(t, linuxMarker); ok {
+			g.peer.stopRx() // an rx run that ended without its summary
 			var i int
 			if _, err := fmt.Sscan(rest, &i); err == nil && i >= 0 && i < len(runs) && !runs[i].began {
 				cur = i
@@ -387,6 +450,7 @@ func (r *runner) newLinuxGuest(p Path, kernel string, initrd []byte, runs []*lin
 				run.began = true
 				run.begin = cpuMark{proc: processCPU(), guest: guestTime(), peer: g.peer.cpu()}
 				run.irq0 = g.irqs()
+				run.kick0 = g.kicks()
 				run.data0 = g.peer.data(run.size)
 				run.pong0 = g.peer.pongs(run.size)
 				r.cfg.progress("bench: [%d/%d] %s %s %d B: %s", idx+i+1, total, p, run.w, run.size, r.limit(run.w))
@@ -396,16 +460,27 @@ func (r *runner) newLinuxGuest(p Path, kernel string, initrd []byte, runs []*lin
 		if cur < 0 || runs[cur].ended {
 			return
 		}
+		run := runs[cur]
 		if s, ok := pktgen.ParseSummary(line); ok {
-			run := runs[cur]
+			g.peer.stopRx()
 			run.ended = true
 			run.end = cpuMark{proc: processCPU(), guest: guestTime(), peer: g.peer.cpu()}
 			run.irq1 = g.irqs()
+			run.kick1 = g.kicks()
 			run.data1 = g.peer.data(run.size)
 			run.pong1 = g.peer.pongs(run.size)
 			run.sum = s
-			r.cfg.progress("bench: [%d/%d] %s %s %d B: guest %s frames in %s s, far end %d (+%d pings answered)",
-				idx+cur+1, total, p, run.w, run.size, s["frames"], s["secs"], run.data1-run.data0, run.pong1-run.pong0)
+			far := fmt.Sprintf("far end %d (+%d pings answered)", run.data1-run.data0, run.pong1-run.pong0)
+			if run.job != nil {
+				far = fmt.Sprintf("far end sent %d (%d acks back, %d written off)", run.job.sent.Load(), run.job.acks.Load(), run.job.writtenOff.Load())
+			}
+			r.cfg.progress("bench: [%d/%d] %s %s %d B: guest %s frames in %s s (%s lost), %s",
+				idx+cur+1, total, p, run.w, run.size, s["frames"], s["secs"], s["lost"], far)
+			return
+		}
+		if run.w == WorkloadRX && run.job == nil && strings.HasPrefix(t, "pktgen: ") {
+			// The guest's pktgen has its rings (it says so first): send.
+			run.job = g.peer.startRx(run.size, r.cfg.Count)
 		}
 	}
 	g.watch = vmm.NewAgentWatcher(g.console)
@@ -435,11 +510,11 @@ func (r *runner) newLinuxGuest(p Path, kernel string, initrd []byte, runs []*lin
 		if p == PathPtnetSwitch {
 			model = vmm.NICPtnet
 		}
-		nd, err := g.vm.AddNIC(0, vmm.NIC{Model: model, Port: "vale0:drv", MAC: driverMAC})
+		nd, err := g.vm.AddNIC(0, vmm.NIC{Model: model, Port: "vale0:drv", MAC: driverMAC, Mode: mode, Spin: spin})
 		if err != nil {
 			return nil, fmt.Errorf("NIC: %w", err)
 		}
-		g.irqs = nicIrqs(nd)
+		g.irqs, g.kicks = nicIrqs(nd), nicKicks(nd)
 		learnBoth(n.Switches().Get("vale0"), "drv", ep)
 	case PathPtnetPipe:
 		slave, relSlave, err := n.OpenPort("bp}1", netmap.PortConfig{})
@@ -455,11 +530,11 @@ func (r *runner) newLinuxGuest(p Path, kernel string, initrd []byte, runs []*lin
 		}
 		peer = ep
 		g.closers = append(g.closers, ep.Close, vmClose, relSlave)
-		nd, err := g.vm.AddNIC(0, vmm.NIC{Model: vmm.NICPtnet, Port: "bp{1", MAC: driverMAC})
+		nd, err := g.vm.AddNIC(0, vmm.NIC{Model: vmm.NICPtnet, Port: "bp{1", MAC: driverMAC, Mode: mode, Spin: spin})
 		if err != nil {
 			return nil, fmt.Errorf("NIC: %w", err)
 		}
-		g.irqs = nicIrqs(nd)
+		g.irqs, g.kicks = nicIrqs(nd), nicKicks(nd)
 	case PathVirtioTap:
 		g.closers = append(g.closers, vmClose)
 		name := r.cfg.Tap
@@ -471,11 +546,11 @@ func (r *runner) newLinuxGuest(p Path, kernel string, initrd []byte, runs []*lin
 		} else if !tap.Exists(name) {
 			return nil, &SkipError{Why: fmt.Sprintf("TAP %s does not exist: create it with `ip tuntap add %s mode tap user $USER && ip link set %s up`", name, name, name)}
 		}
-		nd, err := g.vm.AddNIC(0, vmm.NIC{Tap: name, MAC: driverMAC})
+		nd, err := g.vm.AddNIC(0, vmm.NIC{Tap: name, MAC: driverMAC, Mode: mode, Spin: spin})
 		if err != nil {
 			return nil, fmt.Errorf("NIC: %w", err)
 		}
-		g.irqs = nicIrqs(nd)
+		g.irqs, g.kicks = nicIrqs(nd), nicKicks(nd)
 		quietIPv6(name)
 		pk, err := openPacket(name)
 		if err != nil {
@@ -508,23 +583,132 @@ func nicIrqs(nd *vmm.NICDevice) func() uint64 {
 	}
 }
 
-// linuxPeer is the far end of a linux-tier guest: on a locked thread of its own it
-// receives from the port, counts pktgen's data frames by size and answers pings
-// with pongs (as the process tier's responder does).
-//
-// Concurrency: run on one goroutine; data, pongs and cpu from any goroutine; err
-// after run returned.
-type linuxPeer struct {
-	p      backends.Port
-	byData [MaxSize + 1]atomic.Uint64
-	byPong [MaxSize + 1]atomic.Uint64
-	other  atomic.Uint64
-	cpuNS  atomic.Int64
-	lastRx atomic.Int64 // unix nanoseconds of the last frame
-	err    error
+// nicKicks counts the kicks nd's virtio-net device received: TX queues', RX
+// queues' (zero for ptnet, whose kicks the guest's pktgen counts).
+func nicKicks(nd *vmm.NICDevice) func() [2]uint64 {
+	return func() [2]uint64 {
+		var k [2]uint64
+		if nd.Net == nil {
+			return k
+		}
+		for _, st := range nd.Net.Stats() {
+			k[0] += st.TxKicks
+			k[1] += st.RxKicks
+		}
+		return k
+	}
 }
 
-func newLinuxPeer(p backends.Port) *linuxPeer { return &linuxPeer{p: p} }
+// linuxPeer is the far end of a linux-tier guest: on a locked thread of its own it
+// receives from the port, counts pktgen's data frames by size and answers pings
+// with pongs (as the process tier's responder does); during an rx run it sends
+// (startRx).
+//
+// Concurrency: run on one goroutine; data, pongs, cpu, startRx and stopRx from
+// any goroutine; err after run returned.
+type linuxPeer struct {
+	p      backends.Port
+	job    atomic.Pointer[rxJob] // nil: nothing to send
+	window uint64
+	// ackTimeout is linuxAckTimeout (tests shorten it).
+	ackTimeout time.Duration
+	byData     [MaxSize + 1]atomic.Uint64
+	byPong     [MaxSize + 1]atomic.Uint64
+	other      atomic.Uint64
+	cpuNS      atomic.Int64
+	lastRx     atomic.Int64 // unix nanoseconds of the last frame
+	err        error
+}
+
+func newLinuxPeer(p backends.Port) *linuxPeer {
+	return &linuxPeer{p: p, window: linuxRxWindow, ackTimeout: linuxAckTimeout}
+}
+
+// rxJob is the far end's part of an rx run: pktgen data frames of size to the
+// guest, sequence numbers from 0, at most the peer's window ahead of what the
+// guest acknowledged, up to limit frames (0: until stopped).
+//
+// Concurrency: the peer's goroutine sends and counts; the counters may be read
+// from any goroutine.
+type rxJob struct {
+	size  int
+	limit uint64
+	sent  atomic.Uint64
+	// acked is the next sequence number the guest expects, from its acks.
+	acked      atomic.Uint64
+	acks       atomic.Uint64
+	writtenOff atomic.Uint64 // frames given up on after the peer's ackTimeout
+}
+
+// startRx makes the peer send for an rx run (ending the one before, if any).
+func (lp *linuxPeer) startRx(size int, limit uint64) *rxJob {
+	j := &rxJob{size: size, limit: limit}
+	lp.job.Store(j)
+	return j
+}
+
+// stopRx ends the rx run's sending (frames in the peer's hands are still sent).
+func (lp *linuxPeer) stopRx() { lp.job.Store(nil) }
+
+// rxSender is the peer goroutine's side of the rx jobs.
+type rxSender struct {
+	lp     *linuxPeer
+	cur    *rxJob
+	frames [][]byte
+	base   uint64    // in flight counts from here at least (moved by a write-off)
+	moved  time.Time // the window last moved
+}
+
+// send sends what the window allows now; it says whether it sent anything.
+func (s *rxSender) send() (bool, error) {
+	j := s.lp.job.Load()
+	if j != s.cur {
+		s.cur = j
+		if j != nil {
+			s.frames = s.frames[:0]
+			for range peerBatch {
+				s.frames = append(s.frames, pktgen.Template(j.size, 0, driverMAC, peerMAC, pktgen.KindData))
+			}
+			s.base, s.moved = 0, time.Now()
+		}
+	}
+	if j == nil {
+		return false, nil
+	}
+	sent := j.sent.Load()
+	done := max(min(j.acked.Load(), sent), s.base)
+	n := s.lp.window - min(s.lp.window, sent-done)
+	if j.limit > 0 {
+		n = min(n, j.limit-min(sent, j.limit))
+	}
+	n = min(n, uint64(len(s.frames)))
+	if n == 0 {
+		if sent-done >= s.lp.window && time.Since(s.moved) >= s.lp.ackTimeout {
+			j.writtenOff.Add(sent - done)
+			s.base, s.moved = sent, time.Now()
+		}
+		return false, nil
+	}
+	for i := range n {
+		pktgen.Stamp(s.frames[i], sent+i, 0)
+	}
+	k, err := s.lp.p.Send(s.frames[:n])
+	j.sent.Add(uint64(k))
+	return k > 0, err
+}
+
+// ack takes an ack from the guest: seq is the next sequence number it expects.
+func (s *rxSender) ack(seq uint64) {
+	j := s.cur
+	if j == nil {
+		return
+	}
+	j.acks.Add(1)
+	if seq > j.acked.Load() && seq <= j.sent.Load() {
+		j.acked.Store(seq)
+		s.moved = time.Now()
+	}
+}
 
 func (lp *linuxPeer) data(size int) uint64 {
 	if size < 0 || size > MaxSize {
@@ -565,7 +749,13 @@ func (lp *linuxPeer) run(ctx context.Context) {
 	}
 	out := make([][]byte, 0, peerBatch)
 	fd := lp.p.ReadyFD()
+	tx := &rxSender{lp: lp}
 	for ctx.Err() == nil {
+		busy, err := tx.send()
+		if err != nil {
+			lp.err = err
+			return
+		}
 		n, err := lp.p.Recv(bufs, lens)
 		if err != nil {
 			lp.err = err
@@ -573,8 +763,16 @@ func (lp *linuxPeer) run(ctx context.Context) {
 		}
 		if n == 0 {
 			lp.cpuNS.Store(int64(threadCPU() - t0))
+			if busy {
+				continue
+			}
+			// Sending: an ack opens the window (it makes the port readable).
+			wait := 20 * time.Millisecond
+			if tx.cur != nil {
+				wait = time.Millisecond
+			}
 			if fd >= 0 {
-				if _, err := waitFD(fd, 20*time.Millisecond); err != nil {
+				if _, err := waitFD(fd, wait); err != nil {
 					lp.err = err
 					return
 				}
@@ -593,6 +791,8 @@ func (lp *linuxPeer) run(ctx context.Context) {
 				lp.other.Add(1)
 			case h.Kind == pktgen.KindData:
 				lp.byData[len(e)].Add(1)
+			case h.Kind == pktgen.KindAck:
+				tx.ack(h.Seq)
 			case h.Kind == pktgen.KindPing:
 				copy(e[0:6], h.Src[:])
 				copy(e[6:12], peerMAC[:])

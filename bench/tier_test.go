@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"context"
 	"errors"
 	"strings"
 	"testing"
@@ -9,6 +10,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/ptvmm/ptvmm/backends/netmap"
 	"github.com/ptvmm/ptvmm/guest/pktgen"
 )
 
@@ -66,8 +68,8 @@ func TestTierStatus(t *testing.T) {
 func TestUnsupportedWorkloads(t *testing.T) {
 	assert.Empty(t, unsupported(TierProcess, Workloads))
 	assert.Equal(t, []Workload{WorkloadRX, WorkloadPingPong}, unsupported(TierMicro, Workloads))
-	assert.Equal(t, []Workload{WorkloadRX}, unsupported(TierLinux, Workloads))
-	assert.Empty(t, unsupported(TierLinux, []Workload{WorkloadTX}))
+	assert.Empty(t, unsupported(TierLinux, Workloads), "the linux tier runs tx, rx and ping-pong")
+	assert.Equal(t, []Workload{WorkloadRX}, unsupported(TierMicro, []Workload{WorkloadTX, WorkloadRX}))
 }
 
 func TestParseGuestTime(t *testing.T) {
@@ -140,6 +142,25 @@ func TestLinuxCommands(t *testing.T) {
 	cmds = strings.Split(strings.TrimSpace(r.linuxCommands(PathPtnetPipe, runs)), "\n")
 	assert.True(t, strings.HasPrefix(cmds[1], "/bin/ptvmm-agent pktgen -mode tx -size 60 -batch 512 -duration 2s "), cmds[1])
 	assert.NotContains(t, strings.Join(cmds, "\n"), "-iface")
+
+	// rx: the guest acknowledges to the far end, ends when frames stop coming, and
+	// with a Count has a time limit too; before an rx run that follows another, what
+	// the first left on the way is drained, under a line no run claims.
+	runs = []*linuxRun{{w: WorkloadRX, size: 60}, {w: WorkloadTX, size: 60}, {w: WorkloadRX, size: 1514}}
+	r.cfg = Config{Count: 1000}
+	cmds = strings.Split(strings.TrimSpace(r.linuxCommands(PathVirtioSwitch, runs)), "\n")
+	require.Len(t, cmds, 8)
+	assert.Equal(t, "/bin/ptvmm-agent echo ptvmm-bench: begin 0", cmds[0])
+	assert.Equal(t, "/bin/ptvmm-agent pktgen -iface eth0 -mode rx -size 60 -batch 512 -count 1000 -duration 1m0s -idle 5s -ack 64 -src 02:70:74:76:00:01 -dst 02:70:74:76:00:02", cmds[1])
+	assert.Equal(t, "/bin/ptvmm-agent echo ptvmm-bench: begin 1", cmds[2])
+	assert.Equal(t, "/bin/ptvmm-agent echo "+linuxFlush, cmds[4])
+	assert.Equal(t, "/bin/ptvmm-agent pktgen -iface eth0 -mode rx -duration 300ms", cmds[5])
+	assert.Equal(t, "/bin/ptvmm-agent echo ptvmm-bench: begin 2", cmds[6])
+	assert.Contains(t, cmds[7], "-mode rx -size 1514 ")
+	r.cfg = Config{Duration: 2 * time.Second}
+	cmds = strings.Split(strings.TrimSpace(r.linuxCommands(PathPtnetSwitch, runs[:1])), "\n")
+	require.Len(t, cmds, 2)
+	assert.Equal(t, "/bin/ptvmm-agent pktgen -mode rx -size 60 -batch 512 -duration 2s -idle 5s -ack 64 -src 02:70:74:76:00:01 -dst 02:70:74:76:00:02", cmds[1])
 }
 
 // TestLinuxRecord: a run's record comes from the guest's summary (frames, time,
@@ -164,14 +185,139 @@ func TestLinuxRecord(t *testing.T) {
 	assert.InDelta(t, 200, rec.CPUGuest, 1e-6) // 0.4 s over 0.002 Mframes
 	assert.InDelta(t, 250, rec.CPUHost, 1e-6)
 	assert.Equal(t, TierLinux, rec.Tier)
-	// virtio: kicks unknown, interrupts from the device.
+	// virtio: kicks and interrupts from the device; tx counts the TX queue's kicks.
 	run.irq0, run.irq1 = 10, 30
+	run.kick0, run.kick1 = [2]uint64{5, 7}, [2]uint64{45, 1007}
 	rec, _ = r.linuxRecord(PathVirtioSwitch, run, peer)
-	assert.Zero(t, rec.KicksPerFrame)
+	assert.InDelta(t, 0.02, rec.KicksPerFrame, 1e-9)
 	assert.InDelta(t, 0.01, rec.IrqsPerFrame, 1e-9)
 	run.ended = false
 	_, ok = r.linuxRecord(PathPtnetSwitch, run, peer)
 	assert.False(t, ok)
+
+	// rx: the far end's frames sent and the guest's received (less frames not
+	// pktgen's) and lost; the RX queue's kicks per frame received.
+	sum, ok = pktgen.ParseSummary(pktgen.Result{Mode: pktgen.ModeRx, Frames: 1510, Bytes: 1510 * 1514, Elapsed: time.Second,
+		Kicks: 3, Irqs: 151, Lost: 20, Bad: 10}.Summary())
+	require.True(t, ok)
+	job := &rxJob{size: 1514}
+	job.sent.Store(1600) // 70 still on the way when the guest's time ran out
+	rx := &linuxRun{w: WorkloadRX, size: 1514, began: true, ended: true, sum: sum, job: job,
+		kick0: [2]uint64{0, 100}, kick1: [2]uint64{9, 250}, irq0: 1, irq1: 301,
+		begin: cpuMark{proc: 0}, end: cpuMark{proc: time.Second, guest: 300 * time.Millisecond, peer: 100 * time.Millisecond}}
+	rec, ok = r.linuxRecord(PathVirtioTap, rx, peer)
+	require.True(t, ok)
+	assert.Equal(t, WorkloadRX, rec.Workload)
+	assert.Equal(t, uint64(1500), rec.Received)
+	assert.Equal(t, uint64(20), rec.Drops)
+	assert.Equal(t, uint64(1520), rec.Frames)
+	assert.Equal(t, rec.Frames, rec.Received+rec.Drops)
+	assert.InDelta(t, 0.0015, rec.Mpps, 1e-9)
+	assert.InDelta(t, 0.1, rec.KicksPerFrame, 1e-9, "150 RX queue kicks over 1500 frames")
+	assert.InDelta(t, 0.2, rec.IrqsPerFrame, 1e-9)
+	assert.InDelta(t, 200, rec.CPUGuest, 1e-6)
+	rec, _ = r.linuxRecord(PathPtnetPipe, rx, peer)
+	assert.InDelta(t, 0.002, rec.KicksPerFrame, 1e-9, "ptnet: the guest's count")
+	// A guest that received more than was sent (frames of an earlier run) is held
+	// to the far end's count; a run the far end never sent for has nothing.
+	job.sent.Store(1000)
+	rec, _ = r.linuxRecord(PathPtnetPipe, rx, peer)
+	assert.Equal(t, uint64(1000), rec.Received)
+	assert.Equal(t, uint64(1000), rec.Frames)
+	rx.job = nil
+	rec, _ = r.linuxRecord(PathPtnetPipe, rx, peer)
+	assert.Zero(t, rec.Received)
+	assert.Zero(t, rec.Mpps)
+}
+
+// TestLinuxPeerRx: in an rx run the far end sends pktgen data frames of the run's
+// size, numbered from 0, never more than its window ahead of the guest's acks,
+// up to the run's count; with the window full and no ack for its ackTimeout it
+// writes off what is in flight and goes on.
+func TestLinuxPeerRx(t *testing.T) {
+	m, sl, err := netmap.NewPipe("lpeer", "1", netmap.PortConfig{TxSlots: 256, RxSlots: 256})
+	require.NoError(t, err)
+	host, err := netmap.NewEndpoint(sl, true)
+	require.NoError(t, err)
+	guest, err := netmap.NewEndpoint(m, true)
+	require.NoError(t, err)
+	defer guest.Close()
+	lp := newLinuxPeer(host)
+	lp.window, lp.ackTimeout = 32, 200*time.Millisecond
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		lp.run(ctx)
+	}()
+	defer func() {
+		cancel()
+		<-done
+		require.NoError(t, lp.err)
+		host.Close()
+	}()
+
+	bufs, lens := make([][]byte, 64), make([]int, 64)
+	for i := range bufs {
+		bufs[i] = make([]byte, 2048)
+	}
+	ack := pktgen.Template(60, 0, peerMAC, driverMAC, pktgen.KindAck)
+	// recv takes what arrived, checking every frame, waiting up to a second.
+	recv := func(job *rxJob, next *uint64) int {
+		fd := guest.ReadyFD()
+		n, err := guest.Recv(bufs, lens)
+		require.NoError(t, err)
+		if n == 0 {
+			_, err := waitFD(fd, time.Second)
+			require.NoError(t, err)
+			return 0
+		}
+		for i := range n {
+			h, err := pktgen.Parse(bufs[i][:lens[i]])
+			require.NoError(t, err)
+			require.Equal(t, pktgen.KindData, h.Kind)
+			require.Equal(t, job.size, lens[i])
+			require.Equal(t, driverMAC, h.Dst)
+			require.Equal(t, *next, h.Seq, "in order, from 0")
+			*next++
+		}
+		return n
+	}
+
+	const count = 500
+	job := lp.startRx(60, count)
+	var next, acked uint64
+	for end := time.Now().Add(10 * time.Second); next < count && time.Now().Before(end); {
+		if recv(job, &next) == 0 {
+			continue
+		}
+		require.LessOrEqual(t, next, acked+lp.window, "the window holds")
+		if next-acked >= 16 || next == count {
+			pktgen.Stamp(ack, next, next)
+			k, err := guest.Send([][]byte{ack})
+			require.NoError(t, err)
+			require.Equal(t, 1, k)
+			acked = next
+		}
+	}
+	require.Equal(t, uint64(count), next, "every frame came, paced by the acks")
+	require.Eventually(t, func() bool { return job.acked.Load() == count }, 5*time.Second, time.Millisecond, "the last ack is taken")
+	assert.Equal(t, uint64(count), job.sent.Load(), "the count ends the sending")
+	assert.Zero(t, job.writtenOff.Load())
+	assert.Positive(t, job.acks.Load())
+
+	// Without acks: one window, then another after the timeout.
+	start := time.Now()
+	job = lp.startRx(1514, 0)
+	next = 0
+	for end := time.Now().Add(10 * time.Second); next < 2*lp.window && time.Now().Before(end); {
+		recv(job, &next)
+	}
+	lp.stopRx()
+	require.GreaterOrEqual(t, next, 2*lp.window)
+	assert.GreaterOrEqual(t, time.Since(start), lp.ackTimeout)
+	assert.GreaterOrEqual(t, job.writtenOff.Load(), lp.window)
+	assert.Zero(t, job.acks.Load())
 }
 
 // TestKeepFastest: per workload and size the faster run is kept, and every record
