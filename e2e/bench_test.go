@@ -20,7 +20,7 @@ import (
 )
 
 // benchTimeout bounds one `vmrun bench` here: the linux tier boots a guest per
-// path (four), each running four short pktgen sessions.
+// path (four), each running six short pktgen sessions.
 const benchTimeout = 15 * time.Minute
 
 // vmrunBench runs the static vmrun's bench subcommand with args and -json; it
@@ -49,15 +49,16 @@ func vmrunBench(t *testing.T, dir string, args ...string) (stdout, stderr string
 }
 
 // TestBenchLinux is issue 11's linux-tier check: `vmrun bench -tier linux` with
-// tiny counts boots a Linux guest per path, its pktgen sends and pings over ptnet
-// (switch port, pipe) and over virtio-net (TAP, switch port, through pktgen
-// -iface eth0); every tx run's frames are counted by the guest and by the far
-// end; the table ends with the ratios, and the JSON validates against the schema.
+// tiny counts boots a Linux guest per path, its pktgen sends, receives and pings
+// over ptnet (switch port, pipe) and over virtio-net (TAP, switch port, through
+// pktgen -iface eth0); every tx and rx run's frames are counted by the guest and
+// by the far end; virtio-net rows count the device's kicks; the table ends with
+// the ratios, and the JSON validates against the schema.
 func TestBenchLinux(t *testing.T) {
 	dir := requireAssets(t)
 	const count = 1000
 	stdout, stderr, report := vmrunBench(t, dir, "-tier", "linux", "-count", fmt.Sprint(count), "-repeat", "1",
-		"-workloads", "tx,pingpong", "-sizes", "60,1514")
+		"-workloads", "tx,rx,pingpong", "-sizes", "60,1514")
 	require.NoError(t, bench.ValidateReport(report), "the JSON follows bench/testdata/report.schema.json")
 	var rep bench.Report
 	require.NoError(t, json.Unmarshal(report, &rep))
@@ -67,7 +68,7 @@ func TestBenchLinux(t *testing.T) {
 		assert.False(t, strings.Contains(n, "failed") || strings.Contains(n, "skipped"), "note: %s", n)
 	}
 	for _, p := range bench.Paths {
-		for _, w := range []bench.Workload{bench.WorkloadTX, bench.WorkloadPingPong} {
+		for _, w := range bench.Workloads {
 			for _, s := range []int{60, 1514} {
 				var r *bench.Record
 				for i := range rep.Records {
@@ -91,11 +92,24 @@ func TestBenchLinux(t *testing.T) {
 					}
 					if p == bench.PathPtnetSwitch || p == bench.PathPtnetPipe {
 						assert.Less(t, r.KicksPerFrame, 0.5, "%s: kicks are suppressed", what)
+					} else {
+						assert.Positive(t, r.KicksPerFrame, "%s: the device counts the guest's TX kicks", what)
+					}
+				case bench.WorkloadRX:
+					// Frames: what the far end sent, less what was still on the way when
+					// the guest stopped; Received: the guest's count.
+					assert.Positive(t, r.Received, "%s: the guest's count", what)
+					assert.LessOrEqual(t, r.Frames, uint64(count), "%s: the far end's count", what)
+					if p == bench.PathPtnetPipe {
+						assert.Equal(t, uint64(count), r.Received, "%s: a pipe never drops", what)
 					}
 				case bench.WorkloadPingPong:
 					assert.Positive(t, r.Received, "%s: round trips", what)
 					require.NotNil(t, r.LatencyP50, what)
 					assert.Positive(t, *r.LatencyP50, what)
+					if !(p == bench.PathPtnetSwitch || p == bench.PathPtnetPipe) {
+						assert.Positive(t, r.KicksPerFrame, "%s: the device counts the guest's kicks", what)
+					}
 				}
 			}
 		}
@@ -104,9 +118,11 @@ func TestBenchLinux(t *testing.T) {
 	lines := strings.Split(strings.TrimSpace(stdout), "\n")
 	require.NotEmpty(t, lines)
 	assert.True(t, strings.HasPrefix(lines[len(lines)-1], "ratio "), "the ratios are last: %q", lines[len(lines)-1])
-	assert.Len(t, rep.Ratios, 2*2*2, "two passthrough paths over virtio-tap, per workload and size")
-	assert.Contains(t, stderr, "bench: ptnet-switch: booting a Linux guest for 4 runs")
+	assert.Len(t, rep.Ratios, 2*3*2, "two passthrough paths over virtio-tap, per workload and size")
+	assert.Contains(t, stderr, "bench: ptnet-switch: booting a Linux guest for 6 runs")
 	assert.Contains(t, stderr, "far end")
+	assert.Contains(t, stderr, "far end sent", "rx: the far end's count")
+	assert.NotContains(t, strings.Join(rep.Notes, "\n"), "count no kicks")
 	if strings.Contains(rep.Machine.CPU, "QEMU") {
 		assert.Contains(t, stdout, "only the ratios between paths mean anything")
 	}
