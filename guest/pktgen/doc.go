@@ -1,7 +1,9 @@
 // Package pktgen is a netmap packet generator and meter over any ring
 // driven by sync and wait (netmap's pkt-gen, reduced): tx sends frames, rx
-// receives and counts them (sequence gaps as lost), ping sends one frame and
-// waits for its echo to measure round trips, pong echoes pings. It runs in a
+// receives and counts them (sequence gaps as lost; with Config.Ack it tells
+// the sender how far it got, so a sender that keeps a window in flight paces
+// itself), ping sends one frame and waits for its echo to measure round
+// trips, pong echoes pings. It runs in a
 // Linux guest over ptnet (guest/ptnet, as the agent's pktgen built-in) and
 // on the host over a switch or pipe port driven in-process
 // (netmap.StartLocal): it only needs the Ring interface, which
