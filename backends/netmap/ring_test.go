@@ -335,3 +335,22 @@ func TestTxScan(t *testing.T) {
 		t.Errorf("finished chain %s", g)
 	}
 }
+
+// TestSetSlotLen: len and flags change together or alone, the buffer index and
+// ptr never; an unchanged slot reads back the same.
+func TestSetSlotLen(t *testing.T) {
+	p := newTestPort(t, 8)
+	k := p.RxRing(0)
+	r := p.UserRing(k)
+	before := r.Slot(3)
+	before.Ptr = 0x1122334455667788
+	r.SetSlot(3, before)
+	for _, c := range []struct{ n, flags uint16 }{{60, 0}, {60, 0}, {60, NSMoreFrag}, {1514, NSMoreFrag}, {0, 0}} {
+		k.SetSlotLen(3, c.n, c.flags)
+		s := r.Slot(3)
+		if s.Len != c.n || s.Flags != c.flags || s.BufIdx != before.BufIdx || s.Ptr != before.Ptr {
+			t.Fatalf("SetSlotLen(%d, %#x): slot %+v, was %+v", c.n, c.flags, s, before)
+		}
+	}
+	k.SetSlotLen(8, 1, 1) // out of range: ignored
+}

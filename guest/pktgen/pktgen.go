@@ -323,8 +323,12 @@ func (g *gen) fill(r *netmap.Ring, n uint32, seq *uint64) error {
 			Stamp(buf[g.c.HdrLen:], *seq, stamp)
 		}
 		*seq++
-		s.Len, s.Flags = uint16(len(g.tmpl)), 0
-		r.SetSlot(head, s)
+		// Only a changed slot is stored: the host reading an unchanged slot line
+		// finds it still shared, instead of fetching it from this core every lap.
+		if s.Len != uint16(len(g.tmpl)) || s.Flags != 0 {
+			s.Len, s.Flags = uint16(len(g.tmpl)), 0
+			r.SetSlot(head, s)
+		}
 		head = r.Next(head)
 	}
 	r.SetHeadCur(head, head)
