@@ -33,7 +33,9 @@ type Endpoint struct {
 	roomfd int
 	ends   []int // Send scratch
 	// armed: the eventfd is empty and the next RX advance must write it. Producers
-	// write only on the armed->disarmed edge, so a burst costs one syscall.
+	// write only on the armed->disarmed edge, so a burst costs one syscall; Recv
+	// drains and re-arms only when it leaves nothing behind, so reading a backlog a
+	// frame at a time costs none.
 	armed atomic.Bool
 	// txWait: a Send may leave frames behind; the next TX room notification writes
 	// roomfd. roomSet: roomfd was written and not yet drained.
@@ -178,12 +180,6 @@ func (e *Endpoint) Send(frames [][]byte) (int, error) {
 
 // Recv runs an rxsync and copies complete frames into bufs, then releases their slots.
 func (e *Endpoint) Recv(bufs [][]byte, lens []int) (int, error) {
-	if !e.armed.Load() {
-		var drain [8]byte
-		_, _ = unix.Read(e.efd, drain[:])
-	}
-	// Re-arm before looking at the ring: an advance after this point signals again.
-	e.armed.Store(true)
 	r := e.rx
 	num := r.NumSlots()
 	// A peer sharing the region may have written our head; the prologue then
@@ -238,12 +234,29 @@ func (e *Endpoint) Recv(bufs [][]byte, lens []int) (int, error) {
 		}
 	}
 	if avail > 0 && !unfinished {
-		e.wake() // frames left behind for lack of bufs: stay readable
+		// Frames left behind for lack of bufs: stay readable. The descriptor
+		// already is, unless nothing signalled since it was last drained.
+		if e.armed.Load() {
+			e.wake()
+		}
+		return n, nil
+	}
+	// Nothing complete left: drain the descriptor and arm it, then look again, since
+	// a frame that came while it was disarmed did not signal.
+	if !e.armed.Load() {
+		var drain [8]byte
+		_, _ = unix.Read(e.efd, drain[:])
+		e.armed.Store(true)
+		if e.rxk.State().HwTail != st.HwTail {
+			e.wake()
+		}
 	}
 	return n, nil
 }
 
-// ReadyFD is an eventfd written whenever the RX ring gets new frames.
+// ReadyFD is an eventfd that is readable while Recv may return frames: written when
+// the RX ring gets new frames, drained only by a Recv that leaves none behind. A
+// reader watching it edge-triggered calls Recv until it returns 0.
 func (e *Endpoint) ReadyFD() int { return e.efd }
 
 // RoomFD is an eventfd written when a Send that did not take every frame may take

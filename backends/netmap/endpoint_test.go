@@ -150,3 +150,48 @@ func TestEndpointMaxBufSize(t *testing.T) {
 		t.Fatalf("recv %d len %d err %v", n, lens[0], err)
 	}
 }
+
+// TestEndpointBacklog: read a frame at a time, the descriptor stays readable while
+// frames are left and is drained by the Recv that takes the last one; the next
+// frame makes it readable again.
+func TestEndpointBacklog(t *testing.T) {
+	m, s, err := NewPipe("backlog", "0", PortConfig{TxSlots: 16})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := NewEndpoint(m, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	b, err := NewEndpoint(s, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	frame := bytes.Repeat([]byte{5}, 60)
+	if n, err := a.Send([][]byte{frame, frame, frame, frame, frame}); n != 5 || err != nil {
+		t.Fatalf("send %d, %v", n, err)
+	}
+	bufs, lens := [][]byte{make([]byte, 2048)}, []int{0}
+	for i := range 5 {
+		if !readable(t, b.ReadyFD()) {
+			t.Fatalf("frame %d of 5 pending, ReadyFD not readable", i)
+		}
+		if n, err := b.Recv(bufs, lens); n != 1 || err != nil || lens[0] != 60 {
+			t.Fatalf("recv %d: %d frames (len %d), %v", i, n, lens[0], err)
+		}
+	}
+	if readable(t, b.ReadyFD()) {
+		t.Fatal("readable after the last frame was taken")
+	}
+	if n, err := b.Recv(bufs, lens); n != 0 || err != nil {
+		t.Fatalf("empty recv: %d, %v", n, err)
+	}
+	if n, err := a.Send([][]byte{frame}); n != 1 || err != nil {
+		t.Fatalf("send %d, %v", n, err)
+	}
+	if !readable(t, b.ReadyFD()) {
+		t.Fatal("a new frame did not make ReadyFD readable")
+	}
+}
