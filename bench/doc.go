@@ -56,8 +56,23 @@
 // (the ptnet host loop's worker, or the virtio-net queue worker); its CPU time is
 // measured apart (thread CPU clock around its calls). For pingpong the far end is a
 // responder asleep on the port's readiness descriptor on a thread of its own; one
-// frame is in flight, so one thread at a time is busy. The host loop and the device
-// run in Block mode (their defaults): they sleep when idle and ask for kicks.
+// frame is in flight, so one thread at a time is busy, but three take turns.
+//
+// Waiting (Config.Wait, vmrun bench -wait): the host side (the ptnet host loop, the
+// virtio-net queue workers) and the process tier's drivers either sleep as soon as
+// there is no work and ask for kicks or interrupts (WaitBlock, notify.Block: the
+// vmm library's default), or keep polling for Config.Spin after the last work, then
+// sleep (WaitAdaptive, notify.Adaptive): under load neither side sleeps, so neither
+// kicks nor interrupts are paid. WaitAuto, the default, is adaptive only where the
+// machine has a core for every thread a run keeps busy (Wait.For): a thread that
+// spins on a core another busy thread needs only delays it. Each record says how its
+// run waited.
+//
+// Generator and receiver: as netmap's pkt-gen, the TX generator writes each buffer
+// once and then only slot lengths (pktgen Config.Prefill), and a receiver on a
+// netmap ring counts the slots of the expected length, parsing the first frame of
+// each drain; a packet-socket receiver (virtio-tap) parses every frame, since the
+// host's stack may send on a TAP too.
 //
 // Records: frames sent and received, drops, Mpps and Gbit/s received, CPU seconds
 // per million frames for the driver side (the driver thread's CPU clock less the far
