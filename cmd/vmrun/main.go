@@ -2,7 +2,7 @@
 //
 //	vmrun [-kernel PATH] [-initrd PATH] [-append STR] [-m 512M] [-cpus 2] [-v] [-force]
 //	      [-net virtio,tap=NAME|port=PORT[,mac=MAC][,queues=N][,mtu=N][,host-ip=ADDR/LEN]]
-//	      [-net ptnet,port=PORT]
+//	      [-net ptnet,port=PORT[,poll=D]]
 //	      [-s SLOT,virtio-net,TAP|PORT] [-s SLOT,ptnet,PORT] [-switch-tap valeX:TAP]
 //	      [-switch PATH]
 //	vmrun switch [-socket PATH]

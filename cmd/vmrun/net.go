@@ -6,8 +6,10 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/ptvmm/ptvmm/backends/tap"
+	"github.com/ptvmm/ptvmm/notify"
 	"github.com/ptvmm/ptvmm/vmm"
 )
 
@@ -41,8 +43,8 @@ func (n slotFlag) Set(s string) error {
 }
 
 const (
-	netUsage  = "virtio,tap=NAME|port=PORT[,mac=MAC][,queues=N][,mtu=N][,host-ip=ADDR/LEN] or ptnet,port=PORT[,mac=MAC]"
-	slotUsage = "SLOT,virtio-net,TAP|PORT[,mac=MAC][,queues=N][,mtu=N][,host-ip=ADDR/LEN] or SLOT,ptnet,PORT[,mac=MAC]"
+	netUsage  = "virtio,tap=NAME|port=PORT[,mac=MAC][,queues=N][,mtu=N][,host-ip=ADDR/LEN][,poll=D] or ptnet,port=PORT[,mac=MAC][,poll=D]"
+	slotUsage = "SLOT,virtio-net,TAP|PORT[,mac=MAC][,queues=N][,mtu=N][,host-ip=ADDR/LEN][,poll=D] or SLOT,ptnet,PORT[,mac=MAC][,poll=D]"
 	// portForms says what a PORT is.
 	portForms = "PORT is a switch port valeX:Y or a pipe end NAME{N / NAME}N"
 )
@@ -139,6 +141,17 @@ func setNICOption(nic *vmm.NIC, k, v string) error {
 			return fmt.Errorf("host-ip=%v", err)
 		}
 		nic.HostIP = p
+	case "poll":
+		// As QEMU's poll-max-ns or vhost-net's busyloop_timeout: the host side polls
+		// this long after the last work before it sleeps.
+		d, err := time.ParseDuration(v)
+		if err != nil || d < 0 || d > time.Second {
+			return fmt.Errorf("poll=%q: give how long the host side polls before it sleeps, from 0 (sleep at once, the default) to 1s, e.g. poll=50us", v)
+		}
+		nic.Mode, nic.Spin = notify.Block, 0
+		if d > 0 {
+			nic.Mode, nic.Spin = notify.Adaptive, d
+		}
 	case "mtu":
 		if ptnet {
 			return fmt.Errorf("ptnet has no mtu= option (frames are up to the port's buffer size)")
@@ -150,9 +163,9 @@ func setNICOption(nic *vmm.NIC, k, v string) error {
 		nic.MTU = n
 	default:
 		if ptnet {
-			return fmt.Errorf("unknown option %q (port, mac)", k)
+			return fmt.Errorf("unknown option %q (port, mac, poll)", k)
 		}
-		return fmt.Errorf("unknown option %q (tap, port, mac, queues, mtu, host-ip)", k)
+		return fmt.Errorf("unknown option %q (tap, port, mac, queues, mtu, host-ip, poll)", k)
 	}
 	return nil
 }
@@ -191,7 +204,7 @@ func parseSlot(s string) (vmm.NIC, error) {
 	for _, kv := range parts[3:] {
 		k, v, ok := strings.Cut(kv, "=")
 		if !ok || v == "" || k == "tap" || k == "port" {
-			return nic, fmt.Errorf("-s %q: %q is not one of mac=, queues=, mtu=, host-ip=; use -s %s", s, kv, slotUsage)
+			return nic, fmt.Errorf("-s %q: %q is not one of mac=, queues=, mtu=, host-ip=, poll=; use -s %s", s, kv, slotUsage)
 		}
 		if err := setNICOption(&nic, k, v); err != nil {
 			return nic, fmt.Errorf("-s %q: %v", s, err)

@@ -5,10 +5,12 @@ import (
 	"io"
 	"net/netip"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/ptvmm/ptvmm/notify"
 	"github.com/ptvmm/ptvmm/vmm"
 )
 
@@ -31,6 +33,12 @@ func TestParseNet(t *testing.T) {
 	nic, err = parseNet("ptnet,port=vale1:x@conf:rings=2,mac=02:00:00:00:00:09")
 	require.NoError(t, err)
 	assert.Equal(t, vmm.NIC{Model: vmm.NICPtnet, Port: "vale1:x@conf:rings=2", MAC: [6]byte{2, 0, 0, 0, 0, 9}}, nic)
+	nic, err = parseNet("ptnet,port=vale0:a,poll=50us")
+	require.NoError(t, err)
+	assert.Equal(t, vmm.NIC{Model: vmm.NICPtnet, Port: "vale0:a", Mode: notify.Adaptive, Spin: 50 * time.Microsecond}, nic)
+	nic, err = parseNet("virtio,tap=t1,poll=0")
+	require.NoError(t, err)
+	assert.Equal(t, vmm.NIC{Tap: "t1", Mode: notify.Block}, nic)
 
 	bad := map[string]string{
 		"e1000,tap=tap0":                          "not virtio or ptnet",
@@ -44,7 +52,10 @@ func TestParseNet(t *testing.T) {
 		"ptnet,tap=tap0":                          "use port=PORT",
 		"ptnet,port=vale0:a,queues=2":             "@conf:rings=N",
 		"ptnet,port=vale0:a,mtu=1500":             "no mtu= option",
-		"ptnet,port=vale0:a,color=red":            "(port, mac)",
+		"ptnet,port=vale0:a,color=red":            "(port, mac, poll)",
+		"ptnet,port=vale0:a,poll=fast":            "e.g. poll=50us",
+		"virtio,tap=t,poll=-1us":                  "from 0 (sleep at once",
+		"virtio,tap=t,poll=2s":                    "to 1s",
 		"virtio,tap":                              "not key=value",
 		"virtio,tap=":                             "not key=value",
 		"virtio,tap=a-name-far-too-long-x":        "interface name",
@@ -91,6 +102,9 @@ func TestParseSlot(t *testing.T) {
 	nic, err = parseSlot("7,virtio-net,tap7,host-ip=192.168.7.1/24")
 	require.NoError(t, err)
 	assert.Equal(t, vmm.NIC{Tap: "tap7", Slot: 7, HostIP: netip.MustParsePrefix("192.168.7.1/24")}, nic)
+	nic, err = parseSlot("8,ptnet,vale0:vm1,poll=20us")
+	require.NoError(t, err)
+	assert.Equal(t, vmm.NIC{Model: vmm.NICPtnet, Port: "vale0:vm1", Slot: 8, Mode: notify.Adaptive, Spin: 20 * time.Microsecond}, nic)
 
 	bad := map[string]string{
 		"2,virtio-net":                             "SLOT,virtio-net,TAP|PORT",
