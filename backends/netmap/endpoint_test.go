@@ -18,20 +18,7 @@ func readable(t *testing.T, fd int) bool {
 }
 
 func TestEndpointOverPipe(t *testing.T) {
-	m, s, err := NewPipe("ep", "0", PortConfig{TxSlots: 64, BufSize: 256})
-	if err != nil {
-		t.Fatal(err)
-	}
-	a, err := NewEndpoint(m, true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
-	b, err := NewEndpoint(s, true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
+	a, b := endpointPair(t, "ep", PortConfig{TxSlots: 64, BufSize: 256})
 	if b.Name() != "ep}0" {
 		t.Errorf("name %q", b.Name())
 	}
@@ -155,20 +142,7 @@ func TestEndpointMaxBufSize(t *testing.T) {
 // frames are left and is drained by the Recv that takes the last one; the next
 // frame makes it readable again.
 func TestEndpointBacklog(t *testing.T) {
-	m, s, err := NewPipe("backlog", "0", PortConfig{TxSlots: 16})
-	if err != nil {
-		t.Fatal(err)
-	}
-	a, err := NewEndpoint(m, true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
-	b, err := NewEndpoint(s, true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
+	a, b := endpointPair(t, "backlog", PortConfig{TxSlots: 16})
 	frame := bytes.Repeat([]byte{5}, 60)
 	if n, err := a.Send([][]byte{frame, frame, frame, frame, frame}); n != 5 || err != nil {
 		t.Fatalf("send %d, %v", n, err)
@@ -194,4 +168,22 @@ func TestEndpointBacklog(t *testing.T) {
 	if !readable(t, b.ReadyFD()) {
 		t.Fatal("a new frame did not make ReadyFD readable")
 	}
+}
+
+// endpointPair makes a pipe and an endpoint on each end, closed with the test.
+func endpointPair(t *testing.T, name string, cfg PortConfig) (a, b *Endpoint) {
+	t.Helper()
+	m, s, err := NewPipe(name, "0", cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a, err = NewEndpoint(m, true); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.Close() })
+	if b, err = NewEndpoint(s, true); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	return a, b
 }
