@@ -257,3 +257,10 @@ func (a *Asm) AndImm32(r Reg, v uint32) {
 
 // Mfence orders earlier stores before later loads (x86 reorders only that pair).
 func (a *Asm) Mfence() { a.emit(0x0f, 0xae, 0xf0) }
+
+// AddMem64 is add qword [base+disp], src (first used by the RX programs' byte
+// counters; rx_test.go checks it against GNU as).
+func (a *Asm) AddMem64(base Reg, disp int32, src Reg) {
+	a.emit(0x48, 0x01)
+	a.modrm(byte(src), base, disp)
+}
