@@ -358,13 +358,12 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 // tierWorkloads are the workloads each tier measures.
 var tierWorkloads = map[Tier][]Workload{
 	TierProcess: Workloads,
-	TierMicro:   {WorkloadTX},
+	TierMicro:   Workloads,
 	TierLinux:   Workloads,
 }
 
-var unsupportedWhy = map[Tier]string{
-	TierMicro: "the micro guests only transmit (guest/micro has no receiving program yet); -tier process measures them",
-}
+// unsupportedWhy says why a tier leaves workloads out (none does now).
+var unsupportedWhy = map[Tier]string{}
 
 // unsupported lists the workloads in ws tier t does not measure.
 func unsupported(t Tier, ws []Workload) []Workload {

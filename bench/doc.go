@@ -20,12 +20,22 @@
 // So every path's host side is measured exactly as under KVM, on any machine.
 //
 // micro (micro.go): a VM built by the vmm library with the path's NIC, whose vCPU
-// runs a long-mode micro guest at CPL3 (guest/micro: PtnetTX, the TX side of
-// netmap's ptnet driver; VirtqTX, the TX side of a virtio-net driver) at native
-// speed on any /dev/kvm, software KVM included. The host does the driver's probe
-// through the device registers; then no frame and no kick passes through Go on the
-// vCPU's side. The far end counts frames and grants the guest credit in its memory,
-// so nothing is dropped. Guest TX only.
+// runs a long-mode micro guest at CPL3 (guest/micro: PtnetTX and PtnetRX, the TX
+// and RX sides of netmap's ptnet driver; VirtqTX and VirtqRX, those of a
+// virtio-net driver; all polling, no interrupts) at native speed on any /dev/kvm,
+// software KVM included. The host does the driver's probe through the device
+// registers; then no frame and no kick passes through Go on the vCPU's side. tx:
+// the far end counts frames and grants the guest credit in its memory. rx: the far
+// end sends pktgen data frames at most a window (448) ahead of the frame count the
+// guest keeps in its memory, and sleeps on a doorbell (an ioeventfd) the guest rings
+// after a batch only while the far end has set a flag there; the guest checks
+// every frame's sequence number (a progress line reports any out of order). So
+// nothing is dropped; frames are counted on both ends (rx: Frames is what the far
+// end sent, Received what the guest counted). pingpong (PtnetPingPong,
+// VirtqPingPong): one ping, its pong from the responder the other tiers use; the
+// guest times each round trip with its TSC, whose rate the host's clock gives
+// between the guest's ready and done reports. Kicks are the guest's doorbell writes
+// to the device.
 //
 // linux (linux.go): a Linux guest per path (the kernel `make kernel` caches; the
 // static agent as /init: vmrun passes itself), one vCPU, whose agent runs the

@@ -5,8 +5,10 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math"
 	"math/bits"
 	"runtime"
+	"slices"
 	"sync"
 	"time"
 
@@ -25,29 +27,39 @@ import (
 )
 
 // The micro tier: a VM built by the vmm library, as vmrun builds one, whose vCPU
-// runs a long-mode micro guest (guest/micro) at CPL3 instead of Linux: the TX side
-// of netmap's ptnet driver (micro.PtnetTX) or of a virtio-net driver
-// (micro.VirtqTX), with the NIC the path needs added through the library (ptnet
-// with its memdev, or virtio-net, on the same switch, pipe or TAP as in the other
-// tiers). The host plays the driver's probe through the device registers (what the
-// guest's kernel would do once), then the guest's loop runs at native speed with no
-// exit to the VMM: frames go guest slot or descriptor -> doorbell (a KVM ioeventfd,
-// only when the host asked) -> host loop or device worker -> switch, pipe or TAP ->
-// the far end. The far end counts the frames and grants the guest credit (a qword
-// in guest memory), so a switch port or a TAP, which drop what they cannot take,
-// never overflow: the run measures the path's rate. The guest counts its kicks; it
-// reports its frame count at micro.DoneAddr, which ends the run.
+// runs a long-mode micro guest (guest/micro) at CPL3 instead of Linux: the TX or RX
+// side of netmap's ptnet driver (micro.PtnetTX, micro.PtnetRX) or of a virtio-net
+// driver (micro.VirtqTX, micro.VirtqRX), or a ping-pong over both
+// (micro.PtnetPingPong, micro.VirtqPingPong: one frame out, its echo back, each
+// round trip timed by the guest's TSC, the far end the responder of the other
+// tiers), with the NIC the path needs added through the library (ptnet with its
+// memdev, or virtio-net, on the same switch, pipe or TAP as in the other tiers). The
+// host plays the driver's probe through the device registers (what the guest's
+// kernel would do once), then the guest's loop runs at native speed with no exit to
+// the VMM: frames go guest slot or descriptor -> doorbell (a KVM ioeventfd, only
+// when the host asked) -> host loop or device worker -> switch, pipe or TAP -> the
+// far end, or the other way for RX. TX: the far end counts the frames and grants the
+// guest credit (a qword in guest memory). RX: the far end sends at most a window
+// ahead of the frame count the guest keeps in its memory, and when the window is
+// full sets a flag there and sleeps on a doorbell of its own (an ioeventfd) that the
+// guest rings, after a batch, only while the flag is set. Either way a switch port
+// or a TAP, which drop what they cannot take, never overflow: the run measures the
+// path's rate. The guest counts its kicks; it reports its frame count (ping-pong:
+// round trips) at micro.DoneAddr, which ends the run.
 
 // Guest-physical layout of a micro-tier guest.
 const (
 	microRAM       = 16 << 20
-	microCounters  = boot.MicroDataAddr      // kicks, ring-room waits, credit waits
-	microCredit    = boot.MicroDataAddr + 64 // the qword the far end raises
+	microCounters  = boot.MicroDataAddr       // TX: kicks, ring-room waits, credit waits; else micro.RX*, micro.Ping*
+	microCredit    = boot.MicroDataAddr + 64  // the qword the far end raises
+	microFeed      = boot.MicroDataAddr + 128 // RX: the far end waits for a kick
 	microCSBGH     = boot.MicroDataAddr + 0x10000
 	microCSBHG     = boot.MicroDataAddr + 0x11000
 	microTxRings   = 0x20_0000 // virtio TX: desc, avail, used, a page each
-	microRxRings   = 0x20_4000 // virtio RX (no buffers: nothing is received)
+	microRxRings   = 0x20_4000 // virtio RX: desc, avail, used
 	microBufs      = 0x40_0000 // virtio TX buffers, microBufStride apart
+	microRxBufs    = 0x60_0000 // virtio RX buffers, microBufStride apart
+	microTimes     = 0x80_0000 // ping-pong: each round trip's TSC ticks (MaxRoundTrips qwords)
 	microBufStride = 2048
 	// microQueue is the virtqueue size: virtio-net's default (vmm offers 256).
 	microQueue = 256
@@ -58,6 +70,17 @@ const (
 	// microWindow is how many frames the far end lets the guest have in flight:
 	// half a far-end ring, so a switch port never overflows.
 	microWindow = 512
+	// microRxWindow is how many frames the RX far end keeps in flight (sent, not
+	// yet counted by the guest), as the linux tier's: below a TAP's queue (500),
+	// and for ptnet at most half the RX ring less one (microGuest.rxWindow): the
+	// host loop learns of the slots the guest gave back only when frames arrive,
+	// so the ring may hold a window the guest has taken and a window new.
+	microRxWindow = 448
+	// microFeedBell is the far end's doorbell (an ioeventfd; nothing else there).
+	microFeedBell = micro.DoneAddr + 8
+	// microQuiet ends an RX or ping-pong run whose guest count has not moved for
+	// that long (frames lost on the way): the guest would wait for them forever.
+	microQuiet = 500 * time.Millisecond
 	// microPilot is the frame count of the short run that sizes a Duration run.
 	microPilot = 64 * microPtnetBatch
 )
@@ -70,7 +93,8 @@ type microGuest struct {
 	peer     backends.Port
 	peerRing *netmap.Port // nil: the far end is a packet socket
 	batch    uint64
-	program  func(frames uint64) ([]byte, error)
+	rxWindow uint64
+	program  func(w Workload, frames uint64) ([]byte, error)
 	irqs     func() uint64
 	done     *doneReport
 	closers  []func() error // in order
@@ -87,21 +111,27 @@ func (g *microGuest) close() error {
 }
 
 // doneReport is the MMIO window at micro.ReadyAddr..DoneAddr+8: the guest's store
-// at DoneAddr (its frame count) is recorded and stops the VM.
+// at DoneAddr (its frame count) is recorded and stops the VM; the time of its first
+// store at ReadyAddr is recorded.
 //
-// Concurrency: Write runs on the vCPU thread; value and at are read after Run
-// returned.
+// Concurrency: Write runs on the vCPU thread; value, at and readyAt are read after
+// Run returned.
 type doneReport struct {
-	vm    *vmm.VM
-	once  sync.Once
-	ok    bool
-	value uint32
-	at    time.Time
+	vm      *vmm.VM
+	once    sync.Once
+	ok      bool
+	value   uint32
+	at      time.Time
+	readyAt time.Time // the guest's first store at ReadyAddr (ping-pong)
 }
 
 func (d *doneReport) Read(_ uint64, data []byte) { clear(data) }
 
 func (d *doneReport) Write(off uint64, data []byte) {
+	if off == 0 && d.readyAt.IsZero() {
+		d.readyAt = time.Now()
+		return
+	}
 	if off != micro.DoneAddr-micro.ReadyAddr || len(data) < 4 {
 		return
 	}
@@ -119,18 +149,25 @@ func microBatch(p Path) uint64 {
 	return microVirtioBatch
 }
 
-// runMicro runs guest TX on path p with frames of size bytes: Count frames (rounded
-// up to whole batches), or as many as Duration takes at the rate a short pilot run
-// measured.
+// runMicro runs workload w on path p with frames of size bytes: Count frames (tx:
+// rounded up to whole batches; ping-pong: round trips, at most MaxRoundTrips), or as
+// many as Duration takes at the rate a short pilot run measured.
 func (r *runner) runMicro(ctx context.Context, p Path, w Workload, size int) (Record, error) {
-	if w != WorkloadTX {
-		return Record{}, fmt.Errorf("bench: tier micro has no %s program", w)
-	}
 	b := microBatch(p)
+	if w != WorkloadTX {
+		b = 1 // RX takes what comes, any count; ping-pong counts round trips
+	}
 	frames := (r.cfg.Count + b - 1) / b * b
+	if w == WorkloadPingPong {
+		frames = min(frames, MaxRoundTrips)
+	}
 	timeout := CountTimeout
 	if r.cfg.Count == 0 {
-		pilot, err := r.microRun(ctx, p, size, microPilot, CountTimeout)
+		n := uint64(microPilot)
+		if w == WorkloadPingPong {
+			n = 1000
+		}
+		pilot, err := r.microRun(ctx, p, w, size, n, CountTimeout)
 		if err != nil {
 			return Record{}, err
 		}
@@ -139,15 +176,18 @@ func (r *runner) runMicro(ctx context.Context, p Path, w Workload, size int) (Re
 		}
 		want := pilot.Mpps * 1e6 * r.cfg.Duration.Seconds()
 		frames = uint64(min(max(want, microPilot), 1<<31)) / b * b
+		if w == WorkloadPingPong {
+			frames = min(max(uint64(want), 1), MaxRoundTrips)
+		}
 		timeout = max(CountTimeout, 4*r.cfg.Duration)
 	}
-	return r.microRun(ctx, p, size, frames, timeout)
+	return r.microRun(ctx, p, w, size, frames, timeout)
 }
 
-// microRun sets up path p, runs the guest for frames frames with the far end
-// receiving on a thread of its own, and tears everything down.
-func (r *runner) microRun(ctx context.Context, p Path, size int, frames uint64, timeout time.Duration) (rec Record, err error) {
-	g, err := r.newMicroGuest(p, size)
+// microRun sets up path p, runs the guest's w program for frames frames with the
+// far end on a thread of its own, and tears everything down.
+func (r *runner) microRun(ctx context.Context, p Path, w Workload, size int, frames uint64, timeout time.Duration) (rec Record, err error) {
+	g, err := r.newMicroGuest(p, w, size)
 	if err != nil {
 		return Record{}, err
 	}
@@ -156,7 +196,7 @@ func (r *runner) microRun(ctx context.Context, p Path, size int, frames uint64, 
 			err = fmt.Errorf("bench: tear down %s: %w", p, cerr)
 		}
 	}()
-	code, err := g.program(frames)
+	code, err := g.program(w, frames)
 	if err != nil {
 		return Record{}, err
 	}
@@ -164,11 +204,21 @@ func (r *runner) microRun(ctx context.Context, p Path, size int, frames uint64, 
 	if err := mem.WriteAt(code, boot.MicroCodeAddr); err != nil {
 		return Record{}, fmt.Errorf("bench: load the micro guest: %w", err)
 	}
-	for i := range uint64(3) {
-		if err := mem.Write64(microCounters+8*i, 0); err != nil {
-			return Record{}, fmt.Errorf("bench: guest counters: %w", err)
-		}
+	if err := mem.WriteAt(make([]byte, microFeed+8-microCounters), microCounters); err != nil {
+		return Record{}, fmt.Errorf("bench: guest counters: %w", err)
 	}
+	switch w {
+	case WorkloadRX:
+		return r.microRX(ctx, g, p, size, frames, timeout)
+	case WorkloadPingPong:
+		return r.microPingPong(ctx, g, p, size, frames, timeout)
+	}
+	return r.microTX(ctx, g, p, size, frames, timeout)
+}
+
+// microTX runs guest TX with the far end receiving.
+func (r *runner) microTX(ctx context.Context, g *microGuest, p Path, size int, frames uint64, timeout time.Duration) (Record, error) {
+	mem := g.vm.Memory()
 	credit, err := mem.Slice(microCredit, 8)
 	if err != nil {
 		return Record{}, fmt.Errorf("bench: guest credit: %w", err)
@@ -238,7 +288,7 @@ func (r *runner) microRun(ctx context.Context, p Path, size int, frames uint64, 
 	return r.record(p, WorkloadTX, size, o), nil
 }
 
-// microReceive is the far end of a micro run: it drains the port, raises the
+// microReceive is the far end of a micro TX run: it drains the port, raises the
 // guest's credit to what it received plus the window, and ends when want frames
 // came, or when the guest is done and nothing came for 200 ms. It returns when the
 // last frame came.
@@ -272,9 +322,158 @@ func microReceive(sk *sink, credit []byte, want uint64, guestDone <-chan struct{
 	return last
 }
 
+// microRX runs guest RX with the far end sending: frames counted on both ends (the
+// far end's sent, the guest's RXFrames), Frames = Received + Drops.
+func (r *runner) microRX(ctx context.Context, g *microGuest, p Path, size int, frames uint64, timeout time.Duration) (Record, error) {
+	mem := g.vm.Memory()
+	counters, err := mem.Slice(microCounters, micro.RXCountersSize)
+	if err != nil {
+		return Record{}, fmt.Errorf("bench: guest counters: %w", err)
+	}
+	flag, err := mem.Slice(microFeed, 8)
+	if err != nil {
+		return Record{}, fmt.Errorf("bench: guest feed flag: %w", err)
+	}
+	bell, err := notify.NewDoorbell(g.vm.KVM(), notify.DoorbellSpec{Addr: microFeedBell, Len: 4})
+	if err != nil {
+		return Record{}, fmt.Errorf("bench: far-end doorbell: %w", err)
+	}
+	defer bell.Close()
+
+	src := newSource(g.peer, size, driverMAC, peerMAC, frames)
+	f := &microFeeder{src: src, frames: counters[micro.RXFrames : micro.RXFrames+8], flag: flag, bell: bell.Event(),
+		want: frames, window: g.rxWindow, stop: g.vm.Stop}
+	guestDone := make(chan struct{})
+	type txOut struct {
+		last time.Time
+		cpu  time.Duration
+	}
+	txc := make(chan txOut, 1)
+	irq0 := g.irqs()
+	m0 := cpuMark{proc: processCPU(), guest: guestTime()}
+	start := time.Now()
+	go func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		t0 := threadCPU()
+		last := f.run(guestDone)
+		txc <- txOut{last, threadCPU() - t0}
+	}()
+	rctx, cancel := context.WithTimeout(ctx, timeout)
+	runErr := g.vm.Run(rctx)
+	cancel()
+	close(guestDone)
+	tx := <-txc
+	m1 := cpuMark{proc: processCPU(), guest: guestTime(), peer: tx.cpu}
+	irqs := g.irqs() - irq0
+	rd := func(off uint64) uint64 { return loadQword(counters[off : off+8]) }
+	got, bytes, seqErrs := rd(micro.RXFrames), rd(micro.RXBytes), rd(micro.RXSeqErrors)
+	d := g.done
+	partial := false
+	why := fmt.Sprintf("guest got %d, kicks %d, empty-ring waits %d, far-end kicks %d; far end sent %d", got,
+		rd(micro.RXKicks), rd(micro.RXEmptyWaits), rd(micro.RXFeedKicks), src.sent)
+	switch {
+	case d.ok && uint64(d.value) < frames:
+		return Record{}, fmt.Errorf("bench: the micro guest reported %d frames, want %d", d.value, frames)
+	case d.ok:
+	case ctx.Err() != nil:
+		partial = true // Ctrl-C: what the guest got is what was measured
+	case f.gaveUp:
+		// Frames lost on the way: the far end stopped the guest; they are drops.
+	case runErr != nil:
+		return Record{}, fmt.Errorf("bench: micro guest on %s: %w (%s)", p, runErr, why)
+	default:
+		return Record{}, fmt.Errorf("bench: micro guest on %s stopped without reporting (%s)", p, why)
+	}
+	if src.err != nil {
+		return Record{}, fmt.Errorf("bench: generator: %w (%s)", src.err, why)
+	}
+	if seqErrs > 0 {
+		r.cfg.progress("bench: %s rx %d B: %d frames out of sequence (%s)", p, size, seqErrs, why)
+	}
+	end := tx.last
+	if d.ok {
+		end = d.at
+	}
+	if end.IsZero() {
+		end = time.Now()
+	}
+	o := outcome{frames: max(src.sent, got), received: got, elapsed: end.Sub(start), cutShort: partial, irqs: irqs}
+	o.drops = o.frames - o.received
+	o.denom, o.bytes = got, bytes
+	o.guest, o.host, o.peer = cpuSplit(m0, m1)
+	o.res.Kicks = rd(micro.RXKicks)
+	return r.record(p, WorkloadRX, size, o), nil
+}
+
+// microFeeder is the far end of a micro RX run: it sends want frames, at most window
+// ahead of the guest's frame count (micro.RXFrames, in guest memory).
+//
+// Concurrency: run on one goroutine; gaveUp is read after it returned.
+type microFeeder struct {
+	src          *source
+	frames, flag []byte // the guest's RXFrames qword and its feed flag
+	bell         *notify.EventFD
+	want, window uint64
+	stop         func() // stops the guest
+	gaveUp       bool   // the guest's count stopped moving: stop was called
+}
+
+// run sends until the guest is done. When the window is full (or the port took
+// nothing) it sets the flag, looks at the count again (the store is a full barrier;
+// the guest stores its count, then loads the flag), and sleeps on the doorbell the
+// guest rings while the flag is set. If the count does not move for microQuiet (ten
+// times that before the first frame: the guest may be slow to start), frames were
+// lost on the way and the guest would wait for them forever: it stops the guest.
+// It returns when it last saw the count move.
+func (f *microFeeder) run(guestDone <-chan struct{}) (last time.Time) {
+	seen := uint64(0)
+	moved := time.Now()
+	for f.src.err == nil {
+		select {
+		case <-guestDone:
+			return last
+		default:
+		}
+		got := loadQword(f.frames)
+		if got != seen {
+			seen, moved = got, time.Now()
+			last = moved
+		}
+		if f.src.sent < f.want {
+			if inflight := f.src.sent - min(f.src.sent, got); inflight < f.window {
+				before := f.src.sent
+				f.src.send(int(f.window - inflight))
+				if f.src.sent != before {
+					continue
+				}
+			}
+		}
+		storeQword(f.flag, 1)
+		if loadQword(f.frames) != got {
+			continue
+		}
+		if _, err := waitFD(f.bell.FD(), 2*time.Millisecond); err != nil {
+			f.src.err = err
+			break
+		}
+		if _, err := f.bell.Read(); err != nil {
+			f.src.err = err
+			break
+		}
+		if quiet := time.Since(moved); quiet > microQuiet && (seen > 0 || quiet > 10*microQuiet) {
+			f.gaveUp = true
+			f.stop()
+			<-guestDone
+			break
+		}
+	}
+	return last
+}
+
 // newMicroGuest builds the VM and path p's NIC and far end, and does the driver's
 // probe. The guest's code is a placeholder until the program is loaded.
-func (r *runner) newMicroGuest(p Path, size int) (_ *microGuest, err error) {
+func (r *runner) newMicroGuest(p Path, w Workload, size int) (_ *microGuest, err error) {
 	ph := micro.New(boot.MicroCodeAddr)
 	ph.Halt()
 	code, err := ph.Assemble()
@@ -301,7 +500,11 @@ func (r *runner) newMicroGuest(p Path, size int) (_ *microGuest, err error) {
 		g.closers = append(g.closers, vmClose)
 		return nil, fmt.Errorf("bench: micro guest report window: %w", err)
 	}
-	tmpl := pktgen.Template(size, 0, peerMAC, driverMAC, pktgen.KindData)
+	kind := pktgen.KindData
+	if w == WorkloadPingPong {
+		kind = pktgen.KindPing
+	}
+	tmpl := pktgen.Template(size, 0, peerMAC, driverMAC, kind)
 	switch p {
 	case PathPtnetSwitch, PathVirtioSwitch:
 		ep, err := n.Switches().OpenEndpoint("vale0:peer", netmap.PortConfig{})
@@ -319,7 +522,7 @@ func (r *runner) newMicroGuest(p Path, size int) (_ *microGuest, err error) {
 			if err := g.ptnet(np, release, tmpl); err != nil {
 				return nil, err
 			}
-		} else if err := g.virtio(vmm.NIC{Port: "vale0:drv", MAC: driverMAC}, size); err != nil {
+		} else if err := g.virtio(vmm.NIC{Port: "vale0:drv", MAC: driverMAC}, size, kind); err != nil {
 			return nil, err
 		}
 		learnBoth(n.Switches().Get("vale0"), "drv", ep)
@@ -357,7 +560,7 @@ func (r *runner) newMicroGuest(p Path, size int) (_ *microGuest, err error) {
 			return nil, &SkipError{Why: fmt.Sprintf("TAP %s does not exist: create it with `ip tuntap add %s mode tap user $USER && ip link set %s up`", name, name, name)}
 		}
 		g.closers = append(g.closers, vmClose)
-		if err := g.virtio(vmm.NIC{Tap: name, MAC: driverMAC}, size); err != nil {
+		if err := g.virtio(vmm.NIC{Tap: name, MAC: driverMAC}, size, kind); err != nil {
 			return nil, err
 		}
 		quietIPv6(name)
@@ -445,7 +648,31 @@ func (g *microGuest) ptnet(np *netmap.Port, release func() error, tmpl []byte, s
 	if bits.OnesCount64(bufSize) != 1 {
 		return fmt.Errorf("bench: netmap buffers of %d bytes: the micro guest needs a power of two", bufSize)
 	}
-	g.program = func(frames uint64) ([]byte, error) {
+	// The RX ring's CSB entries and kick follow the TX rings'.
+	rk, ri := np.RxRing(0), uint64(np.NumTxRings())
+	g.rxWindow = min(microRxWindow, uint64(rk.NumSlots()-1)/2)
+	g.program = func(w Workload, frames uint64) ([]byte, error) {
+		if w == WorkloadPingPong {
+			return micro.PtnetPingPong(boot.MicroCodeAddr, micro.PtnetPingSpec{
+				TX: micro.PtnetRing{Slots: bar1 + k.Offset() + netmap.RingSlotsOff, NumSlots: k.NumSlots(),
+					Atok: microCSBGH, Ktoa: microCSBHG, Kick: bar0 + ptmemdev.RegKickBase},
+				RX: micro.PtnetRing{Slots: bar1 + rk.Offset() + netmap.RingSlotsOff, NumSlots: rk.NumSlots(),
+					Atok: microCSBGH + ri*netmap.CSBEntrySize, Ktoa: microCSBHG + ri*netmap.CSBEntrySize,
+					Kick: bar0 + ptmemdev.RegKickBase + 4*ri},
+				BufBase: bar1 + reg.PoolsInfo().BufPoolOffset, BufShift: uint8(bits.TrailingZeros64(bufSize)),
+				NumBufs: reg.NumBufs(), FrameLen: uint16(len(tmpl)), SeqOff: 22,
+				Rounds: frames, Times: microTimes, Counters: microCounters,
+			})
+		}
+		if w == WorkloadRX {
+			return micro.PtnetRX(boot.MicroCodeAddr, micro.PtnetRXSpec{
+				Slots: bar1 + rk.Offset() + netmap.RingSlotsOff, NumSlots: rk.NumSlots(),
+				BufBase: bar1 + reg.PoolsInfo().BufPoolOffset, BufShift: uint8(bits.TrailingZeros64(bufSize)),
+				NumBufs: reg.NumBufs(), Atok: microCSBGH + ri*netmap.CSBEntrySize, Ktoa: microCSBHG + ri*netmap.CSBEntrySize,
+				Kick: bar0 + ptmemdev.RegKickBase + 4*ri, Batch: uint32(min(g.batch, uint64(rk.NumSlots()-1))),
+				Frames: frames, SeqOff: 22, Feed: microFeed, FeedKick: microFeedBell, Counters: microCounters,
+			})
+		}
 		return micro.PtnetTX(boot.MicroCodeAddr, micro.PtnetTXSpec{
 			Slots: bar1 + k.Offset() + netmap.RingSlotsOff, NumSlots: k.NumSlots(),
 			BufBase: bar1 + reg.PoolsInfo().BufPoolOffset, BufShift: uint8(bits.TrailingZeros64(bufSize)),
@@ -481,11 +708,12 @@ const (
 	virtioHdrLen  = 12 // VERSION_1: num_buffers included
 )
 
-// virtio adds a virtio-net NIC and probes it as Linux's driver would, but for
-// TX only: VERSION_1 and EVENT_IDX, an RX queue without buffers, a TX queue whose
-// descriptor i is a one-buffer chain to a frame (virtio-net header and tmpl) at
-// microBufs + i*microBufStride, no interrupts wanted.
-func (g *microGuest) virtio(nic vmm.NIC, size int) error {
+// virtio adds a virtio-net NIC and probes it as Linux's driver would: VERSION_1
+// and EVENT_IDX, an RX queue whose descriptor i is a one-buffer device-writable
+// chain at microRxBufs + i*microBufStride (none available: the RX program posts
+// them), a TX queue whose descriptor i is a one-buffer chain to a frame (virtio-net
+// header and tmpl) at microBufs + i*microBufStride, no interrupts wanted.
+func (g *microGuest) virtio(nic vmm.NIC, size int, kind pktgen.Kind) error {
 	nic.Mode, nic.Spin = g.mode, g.spin
 	nd, err := g.vm.AddNIC(0, nic)
 	if err != nil {
@@ -524,7 +752,7 @@ func (g *microGuest) virtio(nic vmm.NIC, size int) error {
 		return errors.New("bench: virtio-net refused the features")
 	}
 	mem := g.vm.Memory()
-	tmpl := pktgen.Template(size, virtioHdrLen, peerMAC, driverMAC, pktgen.KindData)
+	tmpl := pktgen.Template(size, virtioHdrLen, peerMAC, driverMAC, kind)
 	for i := range uint64(microQueue) {
 		buf := microBufs + i*microBufStride
 		if err := mem.WriteAt(tmpl, buf); err != nil {
@@ -535,10 +763,19 @@ func (g *microGuest) virtio(nic vmm.NIC, size int) error {
 			return fmt.Errorf("bench: virtio descriptors: %w", err)
 		}
 	}
-	if err := mem.Write16(microTxRings+0x1000, virtio.AvailFNoInterrupt); err != nil {
-		return fmt.Errorf("bench: virtio avail ring: %w", err)
+	for i := range uint64(microQueue) {
+		d := microRxRings + 16*i
+		if err := errors.Join(mem.Write64(d, microRxBufs+i*microBufStride), mem.Write32(d+8, microBufStride),
+			mem.Write32(d+12, virtio.DescFWrite)); err != nil {
+			return fmt.Errorf("bench: virtio RX descriptors: %w", err)
+		}
 	}
-	var notifyOff uint64
+	for _, base := range []uint64{microRxRings, microTxRings} {
+		if err := mem.Write16(base+0x1000, virtio.AvailFNoInterrupt); err != nil {
+			return fmt.Errorf("bench: virtio avail ring: %w", err)
+		}
+	}
+	var notifyOff [2]uint64
 	for q, base := range []uint64{microRxRings, microTxRings} {
 		for _, s := range []struct {
 			off  uint64
@@ -550,17 +787,34 @@ func (g *microGuest) virtio(nic vmm.NIC, size int) error {
 				return err
 			}
 		}
-		notifyOff = g.mmioRead(cc+vcQueueNotify, 2)
+		notifyOff[q] = g.mmioRead(cc+vcQueueNotify, 2)
 	}
 	_ = g.mmio(cc+vcStatus, 1, st|virtio.StatusDriverOK)
 	if !nd.Transport.Active() {
 		return fmt.Errorf("bench: virtio-net did not start (status %#x)", nd.Transport.Status())
 	}
-	doorbell := caps.notify + notifyOff*caps.mult
-	if doorbell+2 > uint64(boot.MicroIdentityGiB)<<30 {
-		return fmt.Errorf("bench: virtio doorbell at %#x: outside the micro guest's identity map", doorbell)
+	rxBell, doorbell := caps.notify+notifyOff[0]*caps.mult, caps.notify+notifyOff[1]*caps.mult
+	if max(rxBell, doorbell)+2 > uint64(boot.MicroIdentityGiB)<<30 {
+		return fmt.Errorf("bench: virtio doorbells at %#x, %#x: outside the micro guest's identity map", rxBell, doorbell)
 	}
-	g.program = func(frames uint64) ([]byte, error) {
+	g.rxWindow = microRxWindow
+	g.program = func(w Workload, frames uint64) ([]byte, error) {
+		if w == WorkloadPingPong {
+			return micro.VirtqPingPong(boot.MicroCodeAddr, micro.VirtqPingSpec{
+				TX:   micro.VirtqRing{Avail: microTxRings + 0x1000, Used: microTxRings + 0x2000, Doorbell: doorbell, Queue: 1},
+				RX:   micro.VirtqRing{Avail: microRxRings + 0x1000, Used: microRxRings + 0x2000, Doorbell: rxBell, Queue: 0},
+				Size: microQueue, EventIdx: true, TxBuf0: microBufs, RxBuf0: microRxBufs, Stride: microBufStride,
+				SeqOff: virtioHdrLen + 22, Rounds: frames, Times: microTimes, Counters: microCounters,
+			})
+		}
+		if w == WorkloadRX {
+			return micro.VirtqRX(boot.MicroCodeAddr, micro.VirtqRXSpec{
+				Avail: microRxRings + 0x1000, Used: microRxRings + 0x2000, Size: microQueue, Batch: uint16(g.batch),
+				Frames: frames, Doorbell: rxBell, Queue: 0, EventIdx: true,
+				Buf0: microRxBufs, Stride: microBufStride, SeqOff: virtioHdrLen + 22, HdrLen: virtioHdrLen,
+				Feed: microFeed, FeedKick: microFeedBell, Counters: microCounters,
+			})
+		}
 		return micro.VirtqTX(boot.MicroCodeAddr, micro.VirtqTXSpec{
 			Avail: microTxRings + 0x1000, Used: microTxRings + 0x2000, Size: microQueue, Batch: uint16(g.batch),
 			Frames: frames, Doorbell: doorbell, Queue: 1, EventIdx: true,
@@ -617,4 +871,142 @@ func virtioCaps(f *pci.Function) (virtioPCICaps, error) {
 		return c, errors.New("bench: virtio-net function without common and notify structures")
 	}
 	return c, nil
+}
+
+// microPingPong runs guest ping-pong with the far end answering (responder, on a
+// thread of its own): rounds round trips, each timed by the guest's TSC. The TSC
+// rate comes from the host's clock between the guest's ready report (just before
+// its first TSC read) and its done report (just after its last): two VM exits apart
+// from a run of round trips, so within a fraction of a percent. A round trip that
+// never ends (a frame lost) stops the run after microQuiet: one drop.
+func (r *runner) microPingPong(ctx context.Context, g *microGuest, p Path, size int, rounds uint64, timeout time.Duration) (Record, error) {
+	mem := g.vm.Memory()
+	counters, err := mem.Slice(microCounters, micro.PingCountersSize)
+	if err != nil {
+		return Record{}, fmt.Errorf("bench: guest counters: %w", err)
+	}
+	times, err := mem.Slice(microTimes, 8*rounds)
+	if err != nil {
+		return Record{}, fmt.Errorf("bench: guest round-trip times: %w", err)
+	}
+	rd := func(off uint64) uint64 { return loadQword(counters[off : off+8]) }
+	type peerOut struct {
+		pongs uint64
+		cpu   time.Duration
+		err   error
+	}
+	pctx, stopPeer := context.WithCancel(context.Background())
+	defer stopPeer()
+	pc := make(chan peerOut, 1)
+	go func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		var o peerOut
+		o.pongs, o.cpu, o.err = responder(pctx, g.peer, peerMAC)
+		pc <- o
+	}()
+	// The watchdog: a lost ping or pong would keep the guest waiting forever.
+	guestDone := make(chan struct{})
+	var gaveUp bool
+	var last time.Time
+	wd := make(chan struct{})
+	go func() {
+		defer close(wd)
+		tick := time.NewTicker(20 * time.Millisecond)
+		defer tick.Stop()
+		seen, moved := uint64(0), time.Now()
+		for {
+			select {
+			case <-guestDone:
+				return
+			case <-tick.C:
+			}
+			if n := rd(micro.PingRounds); n != seen {
+				seen, moved = n, time.Now()
+				last = moved
+				continue
+			}
+			if quiet := time.Since(moved); quiet > microQuiet && (seen > 0 || quiet > 10*microQuiet) {
+				gaveUp = true
+				g.vm.Stop()
+				return
+			}
+		}
+	}()
+	irq0 := g.irqs()
+	m0 := cpuMark{proc: processCPU(), guest: guestTime()}
+	start := time.Now()
+	rctx, cancel := context.WithTimeout(ctx, timeout)
+	runErr := g.vm.Run(rctx)
+	cancel()
+	close(guestDone)
+	<-wd
+	stopPeer()
+	peer := <-pc
+	m1 := cpuMark{proc: processCPU(), guest: guestTime(), peer: peer.cpu}
+	irqs := g.irqs() - irq0
+	done, seqErrs := rd(micro.PingRounds), rd(micro.PingSeqErrors)
+	d := g.done
+	why := fmt.Sprintf("round trips %d, kicks %d, stray frames %d; far end answered %d", done, rd(micro.PingKicks), seqErrs, peer.pongs)
+	partial := false
+	switch {
+	case d.ok && uint64(d.value) != rounds:
+		return Record{}, fmt.Errorf("bench: the micro guest reported %d round trips, want %d", d.value, rounds)
+	case d.ok:
+	case ctx.Err() != nil:
+		partial = true
+	case gaveUp:
+	case runErr != nil:
+		return Record{}, fmt.Errorf("bench: micro guest on %s: %w (%s)", p, runErr, why)
+	default:
+		return Record{}, fmt.Errorf("bench: micro guest on %s stopped without reporting (%s)", p, why)
+	}
+	if peer.err != nil {
+		return Record{}, fmt.Errorf("bench: responder: %w (%s)", peer.err, why)
+	}
+	if done == 0 {
+		return Record{}, fmt.Errorf("bench: micro guest on %s: no round trip (%s)", p, why)
+	}
+	if seqErrs > 0 {
+		r.cfg.progress("bench: %s pingpong %d B: %d frames out of sequence (%s)", p, size, seqErrs, why)
+	}
+	done = min(done, rounds)
+	ticks := make([]uint64, done)
+	var sum uint64
+	for i := range ticks {
+		ticks[i] = binary.LittleEndian.Uint64(times[8*i:])
+		sum += ticks[i]
+	}
+	// ns per tick: the guest's whole run when it reported, else its round trips.
+	end := last
+	if d.ok {
+		end = d.at
+	}
+	wallTicks := sum
+	if t0, t1 := rd(micro.PingTSCStart), rd(micro.PingTSCEnd); d.ok && t1 > t0 {
+		wallTicks = t1 - t0
+	}
+	var nsPerTick float64
+	if !d.readyAt.IsZero() && end.After(d.readyAt) && wallTicks > 0 {
+		nsPerTick = float64(end.Sub(d.readyAt)) / float64(wallTicks)
+	}
+	slices.Sort(ticks)
+	pct := func(q float64) time.Duration {
+		k := min(max(int(math.Ceil(q/100*float64(len(ticks)))), 1), len(ticks))
+		return time.Duration(float64(ticks[k-1]) * nsPerTick)
+	}
+	if end.IsZero() {
+		end = time.Now()
+	}
+	lost := uint64(0)
+	if gaveUp {
+		lost = 1
+	}
+	o := outcome{frames: done + lost, received: done, drops: lost, elapsed: end.Sub(start), cutShort: partial, irqs: irqs}
+	o.denom, o.bytes = done, done*uint64(size)
+	o.guest, o.host, o.peer = cpuSplit(m0, m1)
+	o.res.Kicks = rd(micro.PingKicks)
+	o.isPingPong = true
+	o.latP50, o.latP99 = pct(50), pct(99)
+	return r.record(p, WorkloadPingPong, size, o), nil
 }

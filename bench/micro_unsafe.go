@@ -14,3 +14,12 @@ func storeQword(b []byte, v uint64) {
 	}
 	atomic.StoreUint64((*uint64)(unsafe.Pointer(&b[0])), v)
 }
+
+// loadQword loads the 8 bytes of b (guest memory a micro guest stores) as one
+// atomic load; 0 if b is not an aligned qword (the callers pass fixed addresses).
+func loadQword(b []byte) uint64 {
+	if len(b) < 8 || uintptr(unsafe.Pointer(&b[0]))%8 != 0 {
+		return 0
+	}
+	return atomic.LoadUint64((*uint64)(unsafe.Pointer(&b[0])))
+}

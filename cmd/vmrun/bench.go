@@ -25,7 +25,7 @@ Ctrl-C stops the run in progress and prints what was measured.
 
 Tiers (default: the most faithful this machine allows): linux boots Linux guests
 running the guest pktgen (needs VT-x/AMD-V and ` + "`make kernel`" + `; tx, rx and pingpong);
-micro runs long-mode micro guests on any /dev/kvm (guest TX); process drives the
+micro runs long-mode micro guests on any /dev/kvm (tx, rx and pingpong); process drives the
 devices from host threads, no KVM needed. Without VT-x/AMD-V, ` + "`make bench-linux`" + `
 runs the linux tier inside the QEMU test host (only the ratios mean anything there).
 `
