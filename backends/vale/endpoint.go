@@ -51,6 +51,11 @@ func newEndpoint(p *Port) (*Endpoint, error) {
 	return &Endpoint{Endpoint: ne, port: p}, nil
 }
 
+// RoomFD is -1: a switch has no flow control. Its forwarding pass empties the TX ring
+// at every Send and drops at each destination what that port cannot take, so a
+// sender never waits for room (netmap's pipes do; see netmap.Endpoint.RoomFD).
+func (e *Endpoint) RoomFD() int { return -1 }
+
 // Name is "valeX:Y".
 func (e *Endpoint) Name() string { return e.port.sw.name + ":" + e.port.name }
 

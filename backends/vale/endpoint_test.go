@@ -47,3 +47,31 @@ func TestEndpoint(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, 1, n)
 }
+
+// TestEndpointNoFlowControl: a switch endpoint has no RoomFD, and its Send takes
+// every frame even when the receiver's ring is full: the switch drops them there
+// and counts them, so a sender never waits.
+func TestEndpointNoFlowControl(t *testing.T) {
+	r := NewRegistry()
+	x, err := r.OpenEndpoint("vale0:x", netmap.PortConfig{TxSlots: 64, RxSlots: 64})
+	require.NoError(t, err)
+	defer x.Close()
+	y, err := r.OpenEndpoint("vale0:y", netmap.PortConfig{TxSlots: 64, RxSlots: 64})
+	require.NoError(t, err)
+	defer y.Close()
+	assert.Equal(t, -1, x.RoomFD())
+	frames := make([][]byte, 40)
+	for i := range frames {
+		frames[i] = eth(bcastMAC, mac(1), 60, uint32(i))
+	}
+	sent := 0
+	for range 3 { // 120 frames for 63 free slots, y never reads
+		n, err := x.Send(frames)
+		require.NoError(t, err)
+		sent += n
+	}
+	assert.Equal(t, 120, sent)
+	c := y.SwitchPort().Counters()
+	assert.Equal(t, uint64(63), c.RxFrames)
+	assert.Equal(t, uint64(120-63), c.DropNoSpace)
+}

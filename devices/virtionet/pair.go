@@ -59,6 +59,13 @@ type pair struct {
 	iovs               [][]byte
 	scratch            []byte
 
+	// TX frames for a plain port (sendBatched), sent with one Send per txBatch:
+	// their chains' heads in ring order, the frames to send (views of guest memory,
+	// or of txBufs when a chain had to be linearized), one buffer per frame.
+	txHeads  []uint16
+	txFrames [][]byte
+	txBufs   [][]byte
+
 	// Receive buffers popped from the RX ring and not filled yet, in ring order. They
 	// are kept rather than given back to the ring, so nothing is popped twice (a
 	// malformed chain skipped behind them is returned to the guest exactly once).
@@ -268,6 +275,22 @@ func (p *pair) serviceTX() bool {
 	// interrupt decision stays once per batch.
 	every := min(txFlushEvery, max(1, int(q.Size())/4))
 	n := 0
+	if p.sendBatched() {
+		more := q.Drain(&p.txChain, batch, func(c *virtio.Chain) virtio.Verdict {
+			p.queueChain(c)
+			if len(p.txHeads) == txBatch {
+				p.flushTX(q, &n, every)
+			}
+			return virtio.Next
+		})
+		p.flushTX(q, &n, every)
+		p.progress += uint64(n)
+		if err := q.Broken(); err != nil {
+			p.broken(q, err)
+		}
+		p.interrupt(q)
+		return more
+	}
 	more := q.Drain(&p.txChain, batch, func(c *virtio.Chain) virtio.Verdict {
 		if !p.sendChain(c) {
 			p.txBlocked = true // stays first in the ring until the port has room
@@ -344,6 +367,102 @@ func (p *pair) sendChain(c *virtio.Chain) bool {
 		st.txGSO.Add(1)
 	}
 	return true
+}
+
+// txBatch is the most frames one Send to a plain port carries: a switch port then
+// forwards them in one pass (one lock, one lease) instead of one pass a frame.
+const txBatch = 64
+
+// sendBatched says TX frames go to the port in batches: plain Ethernet (no header
+// for the port, no vectored writes) to a port without flow control, which takes or
+// drops each frame at once, so a chain never has to stay in the ring.
+func (p *pair) sendBatched() bool { return p.vport == nil && !p.roomy && !p.d.cfg.VnetHdr }
+
+// queueChain takes one TX chain for flushTX: its frame (a view of guest memory when
+// the chain is one buffer, else a copy), or none when it is dropped (counted).
+func (p *pair) queueChain(c *virtio.Chain) {
+	p.txHeads = append(p.txHeads, c.Head)
+	hl := uint64(p.hdrLen)
+	if c.ReadLen < hl+14 || c.ReadLen > hl+maxGSOFrame || p.d.gone[p.idx].Load() {
+		p.st.txDropped.Add(1)
+		return
+	}
+	rd := c.Readable()
+	var h [1]byte
+	if len(rd) == 1 {
+		if len(rd[0].Data) < int(c.ReadLen) {
+			p.st.txDropped.Add(1)
+			return
+		}
+		h[0] = rd[0].Data[1]
+		if h[0] != gsoNone {
+			p.st.txDropped.Add(1) // cannot happen: no offload was offered
+			return
+		}
+		p.txFrames = append(p.txFrames, rd[0].Data[hl:c.ReadLen:c.ReadLen])
+		return
+	}
+	p.iovs = p.iovs[:0]
+	for _, b := range rd {
+		p.iovs = append(p.iovs, b.Data)
+	}
+	peek(p.iovs, 1, h[:])
+	if h[0] != gsoNone {
+		p.st.txDropped.Add(1)
+		return
+	}
+	// One buffer per batch position, grown to the largest frame copied there.
+	i := len(p.txFrames)
+	for len(p.txBufs) <= i {
+		p.txBufs = append(p.txBufs, nil)
+	}
+	b := p.txBufs[i][:0]
+	for _, v := range p.iovs {
+		b = append(b, v...)
+	}
+	p.txBufs[i] = b
+	p.txFrames = append(p.txFrames, b[hl:])
+}
+
+// flushTX sends the queued frames and returns every queued chain to the guest,
+// publishing used entries every `every` chains.
+func (p *pair) flushTX(q *virtio.QueueHandle, n *int, every int) {
+	if len(p.txHeads) == 0 {
+		return
+	}
+	p.sendTX()
+	for _, h := range p.txHeads {
+		q.Push(h, 0)
+		if *n++; *n%every == 0 {
+			q.Flush()
+		}
+	}
+	p.txHeads = p.txHeads[:0]
+}
+
+// sendTX hands the queued frames to the port with one Send and counts them: what
+// it did not take is dropped.
+func (p *pair) sendTX() {
+	if len(p.txFrames) == 0 {
+		return
+	}
+	st := p.st
+	sent, err := p.port.Send(p.txFrames)
+	sent = min(max(sent, 0), len(p.txFrames))
+	if err != nil && errors.Is(err, backends.ErrGone) {
+		p.d.portGone(p.idx, err)
+	}
+	var bytes uint64
+	for _, f := range p.txFrames[:sent] {
+		bytes += uint64(len(f))
+	}
+	st.txPackets.Add(uint64(sent))
+	st.txBytes.Add(bytes)
+	if sent < len(p.txFrames) {
+		st.txDropped.Add(uint64(len(p.txFrames) - sent))
+	}
+	clear(p.txFrames) // no view of guest memory outlives the batch
+	p.txFrames = p.txFrames[:0]
 }
 
 func (p *pair) linearize(iovs [][]byte, n int) []byte {
