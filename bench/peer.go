@@ -254,10 +254,15 @@ func (r *rxFeed) Sync(f netmap.SyncFlags) error {
 	return err
 }
 
+// Wait writes off what is in flight when nothing came for a whole wait: frames a
+// path lost, so the generator goes on. Only a full wait counts: a wake-up that finds
+// nothing new proves no loss, and writing off frames still on their way would let
+// the window overrun the ring.
 func (r *rxFeed) Wait(d time.Duration) (bool, error) {
 	r.feed()
+	t0 := time.Now()
 	ok, err := r.r.Wait(d)
-	if err == nil && !ok {
+	if err == nil && !ok && time.Since(t0) >= d {
 		r.lost = r.src.sent - min(r.src.sent, r.consumed)
 	}
 	return ok, err

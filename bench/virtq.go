@@ -566,32 +566,48 @@ func (r *vqRing) blocked() bool {
 	return r.ring.Empty()
 }
 
-// Wait syncs and, if still blocked, polls used.idx for the NIC's spin window, then
-// asks for an interrupt (TX: when half of what the device holds is done; RX: at the
-// next frame), checks again after the barrier, and waits for the queue's vector up
-// to timeout. It reports whether the ring can move.
+// Wait syncs and, while still blocked, polls used.idx for the NIC's spin window,
+// then asks for an interrupt (TX: when half of what the device holds is done; RX: at
+// the next frame), checks again after the barrier, and waits for the queue's vector.
+// It returns true as soon as the ring can move, false only when timeout (negative:
+// none) passed without: an interrupt that finds nothing new (one counted earlier, its
+// frames already taken) is waited past.
 func (r *vqRing) Wait(timeout time.Duration) (bool, error) {
-	if err := r.Sync(0); err != nil || !r.blocked() {
-		return err == nil, err
-	}
-	spin := r.nic.spin
+	var deadline time.Time
 	if timeout >= 0 {
-		spin = min(spin, timeout)
+		deadline = time.Now().Add(timeout)
 	}
-	if spin > 0 && r.pollUsed(time.Now().Add(spin)) {
-		if err := r.Sync(0); err != nil {
-			return false, err
+	left := func() time.Duration {
+		if deadline.IsZero() {
+			return -1
 		}
-		return !r.blocked(), nil
+		return max(time.Until(deadline), 0)
 	}
-	ev := r.usedSeen
-	if r.tx {
-		ev += uint16(r.dist(r.reclaim, r.hwcur) / 2)
-	}
-	r.usedEvent(ev) // a full barrier: the device's next used.idx store is seen below
-	if virtio.LoadLE16(r.used[2:]) == r.usedSeen {
+	for {
+		if err := r.Sync(0); err != nil || !r.blocked() {
+			return err == nil, err
+		}
+		l := left()
+		if l == 0 {
+			return false, nil
+		}
+		spin := r.nic.spin
+		if l > 0 {
+			spin = min(spin, l)
+		}
+		if spin > 0 && r.pollUsed(time.Now().Add(spin)) {
+			continue
+		}
+		ev := r.usedSeen
+		if r.tx {
+			ev += uint16(r.dist(r.reclaim, r.hwcur) / 2)
+		}
+		r.usedEvent(ev) // a full barrier: the device's next used.idx store is seen below
+		if virtio.LoadLE16(r.used[2:]) != r.usedSeen {
+			continue
+		}
 		r.waits.Add(1)
-		got, err := waitEventFD(r.irq, timeout)
+		got, err := waitEventFD(r.irq, left())
 		if err != nil {
 			r.errs.Add(1)
 			return false, err
@@ -600,10 +616,6 @@ func (r *vqRing) Wait(timeout time.Duration) (bool, error) {
 			r.irqs.Add(1)
 		}
 	}
-	if err := r.Sync(0); err != nil {
-		return false, err
-	}
-	return !r.blocked(), nil
 }
 
 // pollUsed spins until the device publishes a used entry (true) or the deadline
