@@ -80,7 +80,9 @@ func TestMicroTier(t *testing.T) {
 					// mean is at least p50/2; none is longer than the run.
 					assert.Less(t, *r.LatencyP50, 2*r.Seconds*1e6/float64(r.Received), "%s: p50 vs the mean", what)
 					assert.Less(t, *r.LatencyP99, r.Seconds*1e6, "%s: p99 vs the run", what)
-					assert.LessOrEqual(t, r.KicksPerFrame, 2.0, "%s: a kick per ping at most, and per pong", what)
+					// A kick per ping at most, one per pong (virtio-net's RX queue may
+					// ask for each buffer back), one for the first RX buffers.
+					assert.Less(t, r.KicksPerFrame, 2.5, "%s: kicks per round trip", what)
 					continue
 				}
 				assert.Nil(t, r.LatencyP50, what)

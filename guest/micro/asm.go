@@ -264,3 +264,27 @@ func (a *Asm) AddMem64(base Reg, disp int32, src Reg) {
 	a.emit(0x48, 0x01)
 	a.modrm(byte(src), base, disp)
 }
+
+// CmpMem32Imm is cmp dword [base+disp], imm32 (the imm8 form when it fits, as GNU
+// as picks): a frame's magic word checked in place.
+func (a *Asm) CmpMem32Imm(base Reg, disp int32, v uint32) {
+	if int32(v) >= -128 && int32(v) <= 127 {
+		a.emit(0x83)
+		a.modrm(7, base, disp)
+		a.emit(byte(int8(v)))
+		return
+	}
+	a.emit(0x81)
+	a.modrm(7, base, disp)
+	a.imm32(v)
+}
+
+// CmpImm is cmp r, imm (64-bit, sign-extended imm; the imm8 form when it fits).
+func (a *Asm) CmpImm(r Reg, v int32) {
+	if v >= -128 && v <= 127 {
+		a.emit(0x48, 0x83, 0xf8|byte(r), byte(int8(v)))
+		return
+	}
+	a.emit(0x48, 0x81, 0xf8|byte(r))
+	a.imm32(uint32(v))
+}

@@ -20,8 +20,9 @@ func (a *Asm) Or(dst, src Reg) { a.emit(0x48, 0x09, 0xc0|byte(src)<<3|byte(dst))
 // spec's Counters address plus these offsets, PingCountersSize bytes in all.
 const (
 	PingKicks     = 0  // doorbell writes to the device (TX and RX queues or rings)
+	PingOther     = 8  // frames received that were not the far end's (Match), or in no buffer
 	PingRounds    = 24 // round trips done, stored after each (the host's watchdog reads it)
-	PingSeqErrors = 40 // frames received that were not the pong awaited (ignored)
+	PingSeqErrors = 40 // the far end's frames that were not the pong awaited (ignored)
 	PingTSCStart  = 48 // the TSC before the first ping
 	PingTSCEnd    = 56 // the TSC after the last pong
 	pingT0        = 64 // the TSC when the ping in flight was published
@@ -50,6 +51,10 @@ type PtnetPingSpec struct {
 	NumBufs  uint32
 	FrameLen uint16
 	SeqOff   uint64
+	// Match, if non-zero, is the 32-bit word at MatchOff of every pong (a magic
+	// number): other frames are someone else's, counted in PingOther.
+	Match    uint32
+	MatchOff uint64
 	// Rounds round trips in all; Times is where the guest stores each one's TSC
 	// ticks (Rounds qwords).
 	Rounds, Times uint64
@@ -68,7 +73,8 @@ type PtnetPingSpec struct {
 func PtnetPingPong(base uint64, s PtnetPingSpec) ([]byte, error) {
 	ok := func(r PtnetRing) bool { return r.NumSlots >= 2 && r.NumSlots <= 1<<16 }
 	if !ok(s.TX) || !ok(s.RX) || s.Rounds == 0 || s.Rounds >= 1<<32 || s.Times == 0 || s.Counters == 0 ||
-		s.BufShift > 20 || s.SeqOff == 0 || s.SeqOff+4 > 1<<uint64(s.BufShift) || s.NumBufs == 0 || s.FrameLen == 0 {
+		s.BufShift > 20 || s.SeqOff == 0 || s.SeqOff+4 > 1<<uint64(s.BufShift) || s.MatchOff+4 > 1<<uint64(s.BufShift) ||
+		s.NumBufs == 0 || s.FrameLen == 0 {
 		return nil, fmt.Errorf("micro: PtnetPingPong: bad spec (slots %d/%d, rounds %d, times %#x, counters %#x, buffer 1<<%d, seq at %d, %d buffers, frame %d)",
 			s.TX.NumSlots, s.RX.NumSlots, s.Rounds, s.Times, s.Counters, s.BufShift, s.SeqOff, s.NumBufs, s.FrameLen)
 	}
@@ -181,11 +187,18 @@ func PtnetPingPong(base uint64, s PtnetPingSpec) ([]byte, error) {
 	}
 	a.MovImm(RBX, s.BufBase)
 	a.Add(RAX, RBX)
+	if s.Match != 0 {
+		a.CmpMem32Imm(RAX, int32(s.MatchOff), s.Match)
+		a.J(NotEqual, other)
+	}
 	a.Load32(RAX, RAX, int32(s.SeqOff))
 	a.Cmp(RAX, RSI)
 	a.J(Equal, mine)
-	a.Bind(other)
 	a.LockInc64(RBP, PingSeqErrors)
+	a.ptnetRelease(s.RX, nr)
+	a.Jmp(await)
+	a.Bind(other)
+	a.LockInc64(RBP, PingOther)
 	a.ptnetRelease(s.RX, nr)
 	a.Jmp(await)
 
@@ -261,8 +274,11 @@ type VirtqPingSpec struct {
 	EventIdx       bool // as in VirtqTXSpec, for both queues
 	TxBuf0, RxBuf0 uint64
 	Stride         uint64 // a power of two
-	// SeqOff is where in a buffer the 32-bit sequence number is (past the header).
+	// SeqOff is where in a buffer the 32-bit sequence number is, MatchOff the magic
+	// number Match (see PtnetPingSpec; both past the header).
 	SeqOff        uint64
+	Match         uint32
+	MatchOff      uint64
 	Rounds, Times uint64 // as in PtnetPingSpec
 	Counters      uint64
 }
@@ -277,7 +293,8 @@ type VirtqPingSpec struct {
 // no exit but the two reports.
 func VirtqPingPong(base uint64, s VirtqPingSpec) ([]byte, error) {
 	if s.Size == 0 || s.Size&(s.Size-1) != 0 || s.Size > 1<<15 || s.Rounds == 0 || s.Rounds >= 1<<32 ||
-		s.Times == 0 || s.Counters == 0 || s.Stride == 0 || s.Stride&(s.Stride-1) != 0 || s.SeqOff == 0 || s.SeqOff+4 > s.Stride {
+		s.Times == 0 || s.Counters == 0 || s.Stride == 0 || s.Stride&(s.Stride-1) != 0 || s.SeqOff == 0 || s.SeqOff+4 > s.Stride ||
+		s.MatchOff+4 > s.Stride {
 		return nil, fmt.Errorf("micro: VirtqPingPong: bad spec (size %d, rounds %d, times %#x, counters %#x, stride %d, seq at %d)",
 			s.Size, s.Rounds, s.Times, s.Counters, s.Stride, s.SeqOff)
 	}
@@ -372,8 +389,17 @@ func VirtqPingPong(base uint64, s VirtqPingSpec) ([]byte, error) {
 	}
 	a.MovImm(RBX, s.RxBuf0)
 	a.Add(RAX, RBX)
-	a.Load32(RAX, RAX, int32(s.SeqOff))
 	mine := a.NewLabel()
+	if s.Match != 0 {
+		ours := a.NewLabel()
+		a.CmpMem32Imm(RAX, int32(s.MatchOff), s.Match)
+		a.J(Equal, ours)
+		a.LockInc64(RBP, PingOther)
+		a.virtqRelease(s.RX, n, s.EventIdx)
+		a.Jmp(await)
+		a.Bind(ours)
+	}
+	a.Load32(RAX, RAX, int32(s.SeqOff))
 	a.Cmp(RAX, RSI)
 	a.J(Equal, mine)
 	a.LockInc64(RBP, PingSeqErrors)

@@ -12,13 +12,14 @@ const (
 	RXKicks      = 0  // doorbell writes to the device
 	RXEmptyWaits = 8  // times the guest found nothing to receive and spun
 	RXFeedKicks  = 16 // doorbell writes to the far end (Feed)
-	RXFrames     = 24 // frames received, stored after each batch is given back
+	RXFrames     = 24 // frames received (Match), stored after each batch is given back
 	RXBytes      = 32 // their bytes (Ethernet frames: the virtio-net header not counted)
 	RXSeqErrors  = 40 // frames whose sequence number was not the one expected
 	rxExpect     = 48 // the sequence number expected next (low 32 bits)
 	rxOldAvail   = 56 // VirtqRX: avail.idx before the last publish
+	RXOther      = 64 // frames taken that were not the far end's (Match), or in no buffer
 	// RXCountersSize is how many bytes the counters take.
-	RXCountersSize = 64
+	RXCountersSize = 72
 
 	csbApplNeedKick = 8 // atok: the guest wants interrupts
 )
@@ -32,7 +33,7 @@ type PtnetRXSpec struct {
 	NumSlots uint32
 	// BufBase is buffer 0 (BAR1 + BUF_POOL_OFS); buffer i is at BufBase + i<<BufShift
 	// (BUF_POOL_OBJSZ, a power of two). NumBufs is BUF_POOL_OBJNUM: a slot naming a
-	// buffer at or past it is counted as a sequence error and its buffer not read.
+	// buffer at or past it is counted in RXOther and its buffer not read.
 	BufBase  uint64
 	BufShift uint8
 	NumBufs  uint32
@@ -48,6 +49,11 @@ type PtnetRXSpec struct {
 	// SeqOff, if non-zero, is where in each buffer the frame's 32-bit sequence number
 	// is: frames must come numbered 0, 1, 2, ... (RXSeqErrors counts the others).
 	SeqOff uint64
+	// Match, if non-zero, is the 32-bit word at MatchOff of every frame the far end
+	// sends (a magic number): frames without it are someone else's (a host stack
+	// talking on a TAP) and only counted in RXOther.
+	Match    uint32
+	MatchOff uint64
 	// Feed, if non-zero, is a qword the far end sets non-zero before it waits for the
 	// guest to take frames (its flow control: it keeps a window in flight); after
 	// each batch the guest then clears it and writes RXFrames' low 32 bits to the
@@ -61,8 +67,9 @@ type PtnetRXSpec struct {
 // PtnetRX is the RX side of netmap's ptnet guest driver for one ring, polling: it
 // stores appl_need_kick = 0 (no interrupts, ever), then per batch waits until the
 // host has published frames (hwtail != head, from the CSB's ktoa), takes up to
-// Batch of them (counting frames and slot lengths; with SeqOff, checking each
-// frame's sequence number in its buffer), gives the slots back (cur then head in
+// Batch of them (counting frames and slot lengths; with Match, only frames with the
+// far end's magic number, the others in RXOther; with SeqOff, checking each frame's
+// sequence number in its buffer), gives the slots back (cur then head in
 // atok, then RXFrames), and after MFENCE (the head store before the
 // kern_need_kick load: the host loop stores kern_need_kick, when the ring is full
 // in its view, then re-reads head) kicks only if the host asked; then the far end
@@ -70,9 +77,10 @@ type PtnetRXSpec struct {
 // reached Frames. Runs at CPL3; no exit except that report.
 func PtnetRX(base uint64, s PtnetRXSpec) ([]byte, error) {
 	n, b := uint64(s.NumSlots), uint64(s.Batch)
+	readBuf := s.SeqOff != 0 || s.Match != 0
 	if n < 2 || n > 1<<16 || b == 0 || b >= n || s.Frames == 0 || s.Frames >= 1<<32 || s.Counters == 0 ||
-		s.BufShift > 20 || (s.SeqOff != 0 && (s.SeqOff+4 > 1<<uint64(s.BufShift) || s.NumBufs == 0)) ||
-		(s.Feed == 0) != (s.FeedKick == 0) {
+		s.BufShift > 20 || s.SeqOff+4 > 1<<uint64(s.BufShift) || s.MatchOff+4 > 1<<uint64(s.BufShift) ||
+		(readBuf && s.NumBufs == 0) || (s.Feed == 0) != (s.FeedKick == 0) {
 		return nil, fmt.Errorf("micro: PtnetRX: bad spec (slots %d, batch %d, frames %d, counters %#x, buffer 1<<%d, seq at %d, %d buffers, feed %#x/%#x)",
 			n, b, s.Frames, s.Counters, s.BufShift, s.SeqOff, s.NumBufs, s.Feed, s.FeedKick)
 	}
@@ -120,25 +128,34 @@ func PtnetRX(base uint64, s PtnetRXSpec) ([]byte, error) {
 	a.Shl(RDX, uint8(bits.TrailingZeros64(slotSize)))
 	a.MovImm(RBX, s.Slots)
 	a.Add(RDX, RBX) // RDX: &slot[head]
-	a.Load16(RAX, RDX, slotLen)
-	a.AddMem64(RBP, RXBytes, RAX)
-	if s.SeqOff != 0 {
-		badBuf, match, next := a.NewLabel(), a.NewLabel(), a.NewLabel()
+	other, next := a.NewLabel(), a.NewLabel()
+	if readBuf {
 		a.Load32(RAX, RDX, 0) // buf_idx, checked before use
 		a.MovImm(RBX, uint64(s.NumBufs))
 		a.Cmp(RAX, RBX)
-		a.J(AboveEqual, badBuf)
+		a.J(AboveEqual, other)
 		if s.BufShift != 0 {
 			a.Shl(RAX, s.BufShift)
 		}
 		a.MovImm(RBX, s.BufBase)
-		a.Add(RAX, RBX)
-		a.seqCheck(int32(s.SeqOff), match)
-		a.Jmp(next)
-		a.Bind(badBuf)
-		a.LockInc64(RBP, RXSeqErrors)
-		a.Bind(next)
+		a.Add(RAX, RBX) // RAX: the buffer
+		if s.Match != 0 {
+			a.CmpMem32Imm(RAX, int32(s.MatchOff), s.Match)
+			a.J(NotEqual, other)
+		}
 	}
+	a.Load16(RBX, RDX, slotLen)
+	a.AddMem64(RBP, RXBytes, RBX)
+	if s.SeqOff != 0 {
+		a.seqCheck(int32(s.SeqOff), a.NewLabel())
+	}
+	a.Inc(RSI)
+	if readBuf {
+		a.Jmp(next)
+		a.Bind(other)
+		a.LockInc64(RBP, RXOther)
+	}
+	a.Bind(next)
 	noWrap := a.NewLabel()
 	a.Inc(RDI)
 	a.MovImm(RAX, n)
@@ -146,7 +163,6 @@ func PtnetRX(base uint64, s PtnetRXSpec) ([]byte, error) {
 	a.J(Below, noWrap)
 	a.MovImm(RDI, 0)
 	a.Bind(noWrap)
-	a.Inc(RSI)
 	a.Dec(RCX)
 	a.J(NotEqual, take)
 
@@ -231,9 +247,12 @@ type VirtqRXSpec struct {
 	EventIdx bool
 	// Buf0 and Stride (a power of two) locate buffer i. HdrLen is the virtio-net
 	// header in front of each frame (not counted in RXBytes); SeqOff, if non-zero,
-	// is where in the buffer the frame's 32-bit sequence number is (see PtnetRXSpec).
+	// is where in the buffer the frame's 32-bit sequence number is, MatchOff its
+	// magic number Match (see PtnetRXSpec; both offsets count the header).
 	Buf0, Stride, SeqOff uint64
 	HdrLen               uint16
+	Match                uint32
+	MatchOff             uint64
 	// Feed and FeedKick: the far end's flow control (see PtnetRXSpec).
 	Feed, FeedKick uint64
 	// Counters is where the guest keeps its counters (RXCountersSize bytes, zeroed).
@@ -243,7 +262,7 @@ type VirtqRXSpec struct {
 // VirtqRX is a virtio RX driver loop: it makes every buffer available (avail.ring[i]
 // = i, avail.idx = Size) and kicks if the device asks; then per batch waits until
 // used.idx moves, takes up to Batch used entries (counting frames and their lengths
-// less HdrLen; with SeqOff, checking sequence numbers), puts each entry's buffer back
+// less HdrLen; with Match and SeqOff, as PtnetRX), puts each entry's buffer back
 // in the avail ring (its id, masked to the queue), publishes avail.idx once and
 // RXFrames, and after MFENCE decides whether to kick as Linux's
 // virtqueue_kick_prepare does (VirtqTX's rule), then kicks the far end if it asked
@@ -253,15 +272,17 @@ type VirtqRXSpec struct {
 func VirtqRX(base uint64, s VirtqRXSpec) ([]byte, error) {
 	if s.Size == 0 || s.Size&(s.Size-1) != 0 || s.Size > 1<<15 || s.Batch == 0 || s.Batch > s.Size ||
 		s.Frames == 0 || s.Frames >= 1<<32 || s.Counters == 0 || s.Stride == 0 || s.Stride&(s.Stride-1) != 0 ||
-		(s.SeqOff != 0 && s.SeqOff+4 > s.Stride) || (s.Feed == 0) != (s.FeedKick == 0) {
+		s.SeqOff+4 > s.Stride || s.MatchOff+4 > s.Stride || s.Avail+4+2*uint64(s.Size) >= 1<<31 ||
+		(s.Feed == 0) != (s.FeedKick == 0) {
 		return nil, fmt.Errorf("micro: VirtqRX: bad spec (size %d, batch %d, frames %d, counters %#x, stride %d, seq at %d, feed %#x/%#x)",
 			s.Size, s.Batch, s.Frames, s.Counters, s.Stride, s.SeqOff, s.Feed, s.FeedKick)
 	}
 	n, b := uint64(s.Size), uint64(s.Batch)
 	usedEvent := int32(4 + 8*n) // avail_event lives after the used ring
 	a := New(base)
-	// RSI: used entries taken (its low 16 bits are last_used_idx); RDI: buffers made
-	// available (its low 16 bits are avail.idx); RBP: counters.
+	// RSI: frames received (Match); RDI: buffers made available (its low 16 bits
+	// are avail.idx; every buffer is out but those used and not taken yet, so
+	// last_used_idx is RDI - Size); RBP: counters.
 	a.MovImm(RBP, s.Counters)
 	a.MovImm(RAX, 0)
 	a.Store64(RBP, rxExpect, RAX)
@@ -290,7 +311,8 @@ func VirtqRX(base uint64, s VirtqRXSpec) ([]byte, error) {
 	a.waitFor(func() {
 		a.Load16(RAX, RBX, 2)
 		a.Mov(RCX, RAX)
-		a.Sub(RCX, RSI)
+		a.Sub(RCX, RDI)
+		a.AddImm(RCX, int32(n))
 		a.AndImm32(RCX, 0xffff)
 	}, NotEqual, Equal, RXEmptyWaits)
 	a.MovImm(RDX, b)
@@ -302,37 +324,45 @@ func VirtqRX(base uint64, s VirtqRXSpec) ([]byte, error) {
 	a.Store64(RBP, rxOldAvail, RDI)
 
 	take := a.Here()
-	a.Mov(RDX, RSI)
-	a.AndImm32(RDX, uint32(n-1))
+	a.Mov(RDX, RDI)
+	a.AndImm32(RDX, uint32(n-1)) // last_used mod Size (RDI - Size mod Size)
 	a.Shl(RDX, 3)
 	a.MovImm(RBX, s.Used)
 	a.Add(RDX, RBX) // used.ring[last_used] is at RDX+4: id, then len
-	noBytes := a.NewLabel()
-	a.Load32(RAX, RDX, 8)
-	a.MovImm(RBX, uint64(s.HdrLen))
-	a.Cmp(RAX, RBX)
-	a.J(Below, noBytes) // shorter than a header: no frame bytes
-	a.Sub(RAX, RBX)
-	a.AddMem64(RBP, RXBytes, RAX)
-	a.Bind(noBytes)
 	a.Load32(RAX, RDX, 4)
 	a.AndImm32(RAX, uint32(n-1)) // the device's id, kept inside the queue
-	a.Mov(RDX, RDI)
-	a.AndImm32(RDX, uint32(n-1))
-	a.Add(RDX, RDX)
-	a.MovImm(RBX, s.Avail)
-	a.Add(RDX, RBX)
-	a.Store16(RDX, 4, RAX) // the buffer goes back (published with avail.idx below)
+	a.Mov(RBX, RDI)
+	a.AndImm32(RBX, uint32(n-1)) // avail.ring[RDI mod Size]
+	a.Add(RBX, RBX)
+	a.AddImm(RBX, int32(s.Avail))
+	a.Store16(RBX, 4, RAX) // the buffer goes back (published with avail.idx below)
+	if shift := uint8(bits.TrailingZeros64(s.Stride)); shift != 0 {
+		a.Shl(RAX, shift)
+	}
+	a.MovImm(RBX, s.Buf0)
+	a.Add(RAX, RBX) // RAX: the buffer
+	other, next, noBytes := a.NewLabel(), a.NewLabel(), a.NewLabel()
+	if s.Match != 0 {
+		a.CmpMem32Imm(RAX, int32(s.MatchOff), s.Match)
+		a.J(NotEqual, other)
+	}
+	a.Load32(RBX, RDX, 8)
+	a.CmpImm(RBX, int32(s.HdrLen))
+	a.J(Below, noBytes) // shorter than a header: no frame bytes
+	a.AddImm(RBX, -int32(s.HdrLen))
+	a.AddMem64(RBP, RXBytes, RBX)
+	a.Bind(noBytes)
 	if s.SeqOff != 0 {
-		if shift := uint8(bits.TrailingZeros64(s.Stride)); shift != 0 {
-			a.Shl(RAX, shift)
-		}
-		a.MovImm(RBX, s.Buf0)
-		a.Add(RAX, RBX)
 		a.seqCheck(int32(s.SeqOff), a.NewLabel())
 	}
-	a.Inc(RDI)
 	a.Inc(RSI)
+	if s.Match != 0 {
+		a.Jmp(next)
+		a.Bind(other)
+		a.LockInc64(RBP, RXOther)
+	}
+	a.Bind(next)
+	a.Inc(RDI)
 	a.Dec(RCX)
 	a.J(NotEqual, take)
 

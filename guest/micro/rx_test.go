@@ -12,6 +12,10 @@ func TestRXEncodingsMatchGNUAs(t *testing.T) {
 	a.AddMem64(RBX, 0, RCX)
 	a.AddMem64(RDI, 0x1000, RDX)
 	a.Shl(RDX, 3)
+	a.CmpMem32Imm(RAX, 14, 0x67767470)
+	a.CmpMem32Imm(RDX, 0, 5)
+	a.CmpImm(RBX, 12)
+	a.CmpImm(RCX, 1000)
 	got, err := a.Assemble()
 	if err != nil {
 		t.Fatal(err)
@@ -21,6 +25,10 @@ add qword ptr [rbp+32], rax
 add qword ptr [rbx], rcx
 add qword ptr [rdi+0x1000], rdx
 shl rdx, 3
+cmp dword ptr [rax+14], 0x67767470
+cmp dword ptr [rdx], 5
+cmp rbx, 12
+cmp rcx, 1000
 `)
 	if !bytes.Equal(got, want) {
 		t.Errorf("encoding differs from GNU as:\n got % x\nwant % x", got, want)
