@@ -128,8 +128,9 @@ func TestBenchLinux(t *testing.T) {
 	}
 }
 
-// TestBenchMicroVmrun: `vmrun bench -tier micro` from the static binary: guest TX
-// of micro guests on each path, every frame counted by the guest and the far end.
+// TestBenchMicroVmrun: `vmrun bench -tier micro` from the static binary: guest TX,
+// RX and ping-pong of micro guests on each path, every frame (round trip) counted by
+// the guest and the far end.
 func TestBenchMicroVmrun(t *testing.T) {
 	dir := requireAssets(t)
 	const count = 4096
@@ -138,10 +139,10 @@ func TestBenchMicroVmrun(t *testing.T) {
 	var rep bench.Report
 	require.NoError(t, json.Unmarshal(report, &rep))
 	assert.Equal(t, bench.TierMicro, rep.Tier)
-	require.Len(t, rep.Records, len(bench.Paths)*len(bench.Sizes), "stdout:\n%s", stdout)
+	require.Len(t, rep.Records, len(bench.Paths)*len(bench.Workloads)*len(bench.Sizes), "stdout:\n%s", stdout)
 	for _, r := range rep.Records {
-		assert.Equal(t, uint64(count), r.Frames, "%s %d", r.Path, r.Size)
-		assert.Equal(t, uint64(count), r.Received, "%s %d", r.Path, r.Size)
+		assert.Equal(t, uint64(count), r.Frames, "%s %s %d", r.Path, r.Workload, r.Size)
+		assert.Equal(t, uint64(count), r.Received, "%s %s %d", r.Path, r.Workload, r.Size)
 	}
 	assert.Contains(t, stdout, "ratio tx 60 B: ptnet-switch / virtio-tap")
 }
