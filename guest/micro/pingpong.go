@@ -225,16 +225,6 @@ func PtnetPingPong(base uint64, s PtnetPingSpec) ([]byte, error) {
 	return a.Assemble()
 }
 
-// wrapIndex sets r to 0 when it reached n (clobbers RAX).
-func (a *Asm) wrapIndex(r Reg, n uint64) {
-	in := a.NewLabel()
-	a.MovImm(RAX, n)
-	a.Cmp(r, RAX)
-	a.J(Below, in)
-	a.MovImm(r, 0)
-	a.Bind(in)
-}
-
 // ptnetRelease gives back the RX slot at head RCX: head+1 into [RBP+pingRxHead] and
 // atok (cur, then head), then after MFENCE a kick if the host asked. Clobbers RAX,
 // RBX, RCX.

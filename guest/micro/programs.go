@@ -373,3 +373,13 @@ func VirtqTX(base uint64, s VirtqTXSpec) ([]byte, error) {
 	a.Halt()
 	return a.Assemble()
 }
+
+// wrapIndex sets r to 0 when it reached n (clobbers RAX).
+func (a *Asm) wrapIndex(r Reg, n uint64) {
+	in := a.NewLabel()
+	a.MovImm(RAX, n)
+	a.Cmp(r, RAX)
+	a.J(Below, in)
+	a.MovImm(r, 0)
+	a.Bind(in)
+}

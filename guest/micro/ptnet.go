@@ -157,13 +157,8 @@ func PtnetTX(base uint64, s PtnetTXSpec) ([]byte, error) {
 	}
 	a.MovImm(RAX, uint64(s.FrameLen)) // len, and flags 0: one frame per slot
 	a.Store32(RDX, slotLen, RAX)
-	noWrap := a.NewLabel()
 	a.Inc(RDI)
-	a.MovImm(RAX, n)
-	a.Cmp(RDI, RAX)
-	a.J(Below, noWrap)
-	a.MovImm(RDI, 0)
-	a.Bind(noWrap)
+	a.wrapIndex(RDI, n)
 	a.Inc(RSI)
 	a.Dec(RCX)
 	a.J(NotEqual, fill)

@@ -156,13 +156,8 @@ func PtnetRX(base uint64, s PtnetRXSpec) ([]byte, error) {
 		a.LockInc64(RBP, RXOther)
 	}
 	a.Bind(next)
-	noWrap := a.NewLabel()
 	a.Inc(RDI)
-	a.MovImm(RAX, n)
-	a.Cmp(RDI, RAX)
-	a.J(Below, noWrap)
-	a.MovImm(RDI, 0)
-	a.Bind(noWrap)
+	a.wrapIndex(RDI, n)
 	a.Dec(RCX)
 	a.J(NotEqual, take)
 
